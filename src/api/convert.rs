@@ -1,0 +1,55 @@
+//! Store rows to API messages.
+
+use crate::proto;
+use crate::store::*;
+
+pub fn message(m: MessageRow) -> proto::Message {
+    proto::Message {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        conv_seq: m.conv_seq,
+        sender_id: m.sender_id,
+        sender_device_id: m.sender_device_id,
+        client_msg_id: m.client_msg_id,
+        content_type: m.content_type,
+        body: m.body.to_vec(),
+        created_at_ms: m.created_at_ms,
+        kind: match m.kind {
+            MessageKind::User => proto::MessageKind::User,
+            MessageKind::Hole => proto::MessageKind::Hole,
+        } as i32,
+    }
+}
+
+pub fn conversation(c: ConversationRow) -> proto::Conversation {
+    proto::Conversation {
+        conversation_id: c.conversation_id,
+        kind: match c.kind {
+            ConversationKind::Direct => proto::ConversationKind::Direct,
+            ConversationKind::Group => proto::ConversationKind::Group,
+        } as i32,
+        title: c.title,
+        created_at_ms: c.created_at_ms,
+        created_by: c.created_by,
+        member_count: c.member_count,
+        mode: match c.mode {
+            DeliveryMode::Fanout => proto::DeliveryMode::Fanout,
+            DeliveryMode::Hot => proto::DeliveryMode::Hot,
+        } as i32,
+        mode_since_seq: c.mode_since_seq,
+    }
+}
+
+pub fn membership(m: MemberRow, read_seq: u64) -> proto::Membership {
+    proto::Membership {
+        user_id: m.user_id,
+        role: match m.role {
+            Role::Member => proto::MemberRole::Member,
+            Role::Admin => proto::MemberRole::Admin,
+            Role::Owner => proto::MemberRole::Owner,
+        } as i32,
+        joined_seq: m.joined_seq,
+        joined_at_ms: m.joined_at_ms,
+        read_seq,
+    }
+}

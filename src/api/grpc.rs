@@ -1,0 +1,273 @@
+//! The `TimelineService` implementation: authenticate, translate, call the pipeline, record.
+//! The HTTP POST surface calls these same methods, so each RPC exists once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use super::auth::Authenticator;
+use super::convert;
+use super::status::code_name;
+use crate::metrics::record_request;
+use crate::proto::{self, timeline_service_server::TimelineService};
+use crate::store::ConversationKind;
+use crate::timeline::{Caller, CreateConversation, SendMessage, Timeline};
+
+#[derive(Clone)]
+pub struct TimelineApi {
+    pub timeline: Arc<Timeline>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl TimelineApi {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Status::unauthenticated("authorization is not ASCII"))
+            })
+            .transpose()?;
+        self.auth.verify(header)
+    }
+
+    /// Authenticates, runs `body`, and records the RPC's latency and status code.
+    async fn handle<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<Req>,
+        body: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Caller, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, Status>>,
+    {
+        let started = Instant::now();
+        let result = match self.caller(&request) {
+            Ok(caller) => body(caller, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(status) => code_name(status.code()),
+        };
+        record_request(rpc, code, started.elapsed());
+        result.map(Response::new)
+    }
+}
+
+fn kind(raw: i32) -> Result<ConversationKind, Status> {
+    match proto::ConversationKind::try_from(raw) {
+        Ok(proto::ConversationKind::Direct) => Ok(ConversationKind::Direct),
+        Ok(proto::ConversationKind::Group) => Ok(ConversationKind::Group),
+        _ => Err(Status::invalid_argument(
+            "kind must be CONVERSATION_KIND_DIRECT or CONVERSATION_KIND_GROUP",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl TimelineService for TimelineApi {
+    async fn create_conversation(
+        &self,
+        request: Request<proto::CreateConversationRequest>,
+    ) -> Result<Response<proto::CreateConversationResponse>, Status> {
+        self.handle("CreateConversation", request, |caller, req| async move {
+            let (conversation, created) = self
+                .timeline
+                .create_conversation(
+                    &caller,
+                    CreateConversation {
+                        kind: kind(req.kind)?,
+                        conversation_id: req.conversation_id,
+                        title: req.title,
+                        member_ids: req.member_ids,
+                    },
+                )
+                .await?;
+            Ok(proto::CreateConversationResponse {
+                conversation: Some(convert::conversation(conversation)),
+                created,
+            })
+        })
+        .await
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<proto::GetConversationRequest>,
+    ) -> Result<Response<proto::GetConversationResponse>, Status> {
+        self.handle("GetConversation", request, |caller, req| async move {
+            let view = self
+                .timeline
+                .get_conversation(&caller, &req.conversation_id)
+                .await?;
+            Ok(proto::GetConversationResponse {
+                conversation: Some(convert::conversation(view.conversation)),
+                membership: Some(convert::membership(view.membership, view.read_seq)),
+                last_seq: view.last_seq,
+                unread_count: view.unread,
+            })
+        })
+        .await
+    }
+
+    async fn add_members(
+        &self,
+        request: Request<proto::AddMembersRequest>,
+    ) -> Result<Response<proto::AddMembersResponse>, Status> {
+        self.handle("AddMembers", request, |caller, req| async move {
+            let (conversation, added) = self
+                .timeline
+                .add_members(&caller, &req.conversation_id, &req.user_ids)
+                .await?;
+            Ok(proto::AddMembersResponse {
+                conversation: Some(convert::conversation(conversation)),
+                added: added
+                    .into_iter()
+                    .map(|m| {
+                        let read_seq = m.joined_seq - 1;
+                        convert::membership(m, read_seq)
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn remove_members(
+        &self,
+        request: Request<proto::RemoveMembersRequest>,
+    ) -> Result<Response<proto::RemoveMembersResponse>, Status> {
+        self.handle("RemoveMembers", request, |caller, req| async move {
+            let (conversation, removed) = self
+                .timeline
+                .remove_members(&caller, &req.conversation_id, &req.user_ids)
+                .await?;
+            Ok(proto::RemoveMembersResponse {
+                conversation: Some(convert::conversation(conversation)),
+                removed,
+            })
+        })
+        .await
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<proto::SendMessageResponse>, Status> {
+        self.handle("SendMessage", request, |caller, req| async move {
+            let message = self
+                .timeline
+                .send(
+                    &caller,
+                    SendMessage {
+                        conversation_id: req.conversation_id,
+                        client_msg_id: req.client_msg_id,
+                        content_type: req.content_type,
+                        body: Bytes::from(req.body),
+                    },
+                )
+                .await?;
+            Ok(proto::SendMessageResponse {
+                message: Some(convert::message(message)),
+            })
+        })
+        .await
+    }
+
+    async fn sync(
+        &self,
+        request: Request<proto::SyncRequest>,
+    ) -> Result<Response<proto::SyncResponse>, Status> {
+        self.handle("Sync", request, |caller, req| async move {
+            let page = self.timeline.sync(&caller, &req.cursor, req.limit).await?;
+            Ok(proto::SyncResponse {
+                messages: page.messages.into_iter().map(convert::message).collect(),
+                next_cursor: page.next_cursor,
+                has_more: page.has_more,
+                pending: page.pending,
+                cursor_expired: page.cursor_expired,
+            })
+        })
+        .await
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<proto::GetHistoryRequest>,
+    ) -> Result<Response<proto::GetHistoryResponse>, Status> {
+        self.handle("GetHistory", request, |caller, req| async move {
+            let page = self
+                .timeline
+                .history(&caller, &req.conversation_id, req.before_seq, req.limit)
+                .await?;
+            Ok(proto::GetHistoryResponse {
+                messages: page.messages.into_iter().map(convert::message).collect(),
+                has_more: page.has_more,
+                next_before_seq: page.next_before_seq,
+            })
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<proto::ListConversationsRequest>,
+    ) -> Result<Response<proto::ListConversationsResponse>, Status> {
+        self.handle("ListConversations", request, |caller, req| async move {
+            let page = self
+                .timeline
+                .list_conversations(&caller, &req.page_token, req.limit)
+                .await?;
+            Ok(proto::ListConversationsResponse {
+                conversations: page
+                    .conversations
+                    .into_iter()
+                    .map(|s| proto::ConversationSummary {
+                        conversation: Some(convert::conversation(s.conversation)),
+                        last_message: s.last_message.map(convert::message),
+                        last_seq: s.last_seq,
+                        read_seq: s.read_seq,
+                        unread_count: s.unread,
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::MarkReadResponse>, Status> {
+        self.handle("MarkRead", request, |caller, req| async move {
+            let (read_seq, unread_count) = self
+                .timeline
+                .mark_read(&caller, &req.conversation_id, req.seq)
+                .await?;
+            Ok(proto::MarkReadResponse {
+                read_seq,
+                unread_count,
+            })
+        })
+        .await
+    }
+
+    async fn ping(
+        &self,
+        request: Request<proto::PingRequest>,
+    ) -> Result<Response<proto::PingResponse>, Status> {
+        self.handle("Ping", request, |_, _| async move {
+            Ok(proto::PingResponse {
+                server_time_ms: self.timeline.now_ms(),
+            })
+        })
+        .await
+    }
+}

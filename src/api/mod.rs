@@ -1,0 +1,45 @@
+//! The edge: gRPC (h2c) and plain HTTP on one listener, authentication, error mapping.
+
+pub mod auth;
+mod convert;
+mod grpc;
+mod http;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+pub use auth::Authenticator;
+pub use grpc::TimelineApi;
+
+use crate::proto::timeline_service_server::TimelineServiceServer;
+use crate::timeline::Timeline;
+
+/// Serves gRPC and HTTP on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    timeline: Arc<Timeline>,
+    auth: Arc<Authenticator>,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let max_body = timeline.limits().max_body_bytes;
+    let api = TimelineApi { timeline, auth };
+    let grpc = TimelineServiceServer::new(api.clone())
+        .max_decoding_message_size(max_body + 64 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let app = tonic::service::Routes::new(grpc)
+        .into_axum_router()
+        .merge(http::router(api, metrics, max_body));
+    // Without TCP_NODELAY small gRPC frames wait for delayed ACKs (tens of ms each).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,76 @@
+//! The one mapping from pipeline errors to gRPC status codes (and from codes to HTTP).
+
+use tonic::{Code, Status};
+
+use crate::cache::CacheError;
+use crate::store::StoreError;
+use crate::timeline::TimelineError;
+
+impl From<TimelineError> for Status {
+    fn from(e: TimelineError) -> Self {
+        match e {
+            TimelineError::InvalidArgument(m) => Status::invalid_argument(m),
+            TimelineError::NotFound(m) => Status::not_found(m),
+            TimelineError::PermissionDenied(m) => Status::permission_denied(m),
+            TimelineError::AlreadyExists(m) => Status::already_exists(m),
+            TimelineError::FailedPrecondition(m) => Status::failed_precondition(m),
+            TimelineError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            TimelineError::Aborted(m) => Status::aborted(m),
+            TimelineError::Store(StoreError::Overloaded(m)) => Status::resource_exhausted(m),
+            TimelineError::Store(e @ (StoreError::Io(_) | StoreError::Unavailable(_))) => {
+                tracing::warn!(error = %e, "store failure");
+                Status::unavailable(e.to_string())
+            }
+            TimelineError::Store(e @ (StoreError::Corrupt(_) | StoreError::Config(_))) => {
+                tracing::error!(error = %e, "store failure");
+                Status::internal(e.to_string())
+            }
+            TimelineError::Cache(e @ (CacheError::Unavailable(_) | CacheError::Protocol(_))) => {
+                tracing::warn!(error = %e, "cache failure");
+                Status::unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+/// The status code's canonical name, e.g. `INVALID_ARGUMENT` (a metric label and JSON field).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The HTTP status of the JSON/protobuf POST surface for a gRPC code (as grpc-gateway maps).
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as H;
+    match code {
+        Code::Ok => H::OK,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => H::BAD_REQUEST,
+        Code::Unauthenticated => H::UNAUTHORIZED,
+        Code::PermissionDenied => H::FORBIDDEN,
+        Code::NotFound => H::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
+        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Code::Cancelled => H::from_u16(499).unwrap_or(H::BAD_REQUEST),
+        Code::Unimplemented => H::NOT_IMPLEMENTED,
+        Code::Unavailable => H::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics through the `metrics` facade: names, help texts, buckets, and helpers.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "timeline_requests_total";
+pub const REQUEST_DURATION: &str = "timeline_request_duration_seconds";
+pub const SEND_FANOUT_WIDTH: &str = "timeline_send_fanout_width";
+pub const INBOX_ROWS_WRITTEN: &str = "timeline_inbox_rows_written_total";
+pub const MESSAGES_SENT: &str = "timeline_messages_sent_total";
+pub const SYNC_ITEMS: &str = "timeline_sync_items_returned";
+pub const SYNC_PENDING: &str = "timeline_sync_pending_total";
+pub const SYNC_GAPS_SKIPPED: &str = "timeline_sync_gaps_skipped_total";
+pub const SYNC_CURSOR_EXPIRED: &str = "timeline_sync_cursor_expired_total";
+pub const RECOVERY_REDRIVES: &str = "timeline_recovery_redrives_total";
+pub const IDEMPOTENT_REPLAYS: &str = "timeline_idempotent_replays_total";
+pub const SEQUENCER_RESEEDS: &str = "timeline_sequencer_reseeds_total";
+pub const STORE_OP_DURATION: &str = "timeline_store_operation_duration_seconds";
+pub const STORE_OP_ERRORS: &str = "timeline_store_operation_errors_total";
+pub const CACHE_OP_DURATION: &str = "timeline_cache_operation_duration_seconds";
+pub const CACHE_OP_ERRORS: &str = "timeline_cache_operation_errors_total";
+pub const BUILD_INFO: &str = "timeline_build_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const WIDTH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+];
+const ITEM_BUCKETS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0];
+
+/// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
+/// Several servers in one process (tests) share it.
+pub fn init() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SEND_FANOUT_WIDTH.into()), WIDTH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SYNC_ITEMS.into()), ITEM_BUCKETS)
+                })
+                .map(|b| b.build_recorder())
+                // The bucket lists are constants, never empty: building cannot fail.
+                .unwrap_or_else(|e| unreachable!("invalid histogram buckets: {e}"));
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed already (an embedding program's):
+            // then ours renders nothing, which is that program's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "RPCs served, by rpc and gRPC status code.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "RPC latency by rpc."
+    );
+    describe_histogram!(
+        SEND_FANOUT_WIDTH,
+        "Inbox rows written by one fan-out send (members)."
+    );
+    describe_counter!(
+        INBOX_ROWS_WRITTEN,
+        "Inbox rows written by fan-out sends and re-drives."
+    );
+    describe_counter!(MESSAGES_SENT, "Messages accepted, by delivery mode.");
+    describe_histogram!(SYNC_ITEMS, "Messages returned by one Sync call.");
+    describe_counter!(
+        SYNC_PENDING,
+        "Sync responses held back at a young gap (pending)."
+    );
+    describe_counter!(
+        SYNC_GAPS_SKIPPED,
+        "Abandoned sequence numbers skipped by Sync."
+    );
+    describe_counter!(
+        SYNC_CURSOR_EXPIRED,
+        "Sync calls whose cursor pointed before retention."
+    );
+    describe_counter!(
+        RECOVERY_REDRIVES,
+        "Pending fan-outs re-driven by recovery or retries."
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Sends answered from the idempotency record."
+    );
+    describe_counter!(
+        SEQUENCER_RESEEDS,
+        "Sequencer keys re-seeded from the store."
+    );
+    describe_histogram!(
+        STORE_OP_DURATION,
+        metrics::Unit::Seconds,
+        "Store operation latency."
+    );
+    describe_counter!(STORE_OP_ERRORS, "Store operations that failed.");
+    describe_histogram!(
+        CACHE_OP_DURATION,
+        metrics::Unit::Seconds,
+        "Cache operation latency."
+    );
+    describe_counter!(CACHE_OP_ERRORS, "Cache operations that failed.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+}
+
+/// Renders histograms' buckets and drains idle state now and then.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+pub fn record_request(rpc: &'static str, code: &'static str, elapsed: Duration) {
+    counter!(REQUESTS, "rpc" => rpc, "code" => code).increment(1);
+    histogram!(REQUEST_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
+}
+
+/// Times one Store or Cache operation and counts its failure.
+pub async fn observe_backend_op<T, E>(
+    kind: &'static str,
+    backend: &'static str,
+    operation: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    let result = fut.await;
+    let (duration, errors) = match kind {
+        "store" => (STORE_OP_DURATION, STORE_OP_ERRORS),
+        _ => (CACHE_OP_DURATION, CACHE_OP_ERRORS),
+    };
+    histogram!(duration, "backend" => backend, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        counter!(errors, "backend" => backend, "operation" => operation).increment(1);
+    }
+    result
+}
+
+/// Implements `$trait` for a decorator whose `inner` field holds the decorated backend: every
+/// listed method is forwarded, timed under its own name with [`observe_backend_op`].
+macro_rules! timed_decorator {
+    ($trait:path, $ty:ty, $kind:literal; $( fn $name:ident(&self $(, $arg:ident: $argty:ty)* ) -> $ret:ty; )*) => {
+        #[async_trait::async_trait]
+        impl $trait for $ty {
+            fn backend(&self) -> &'static str {
+                self.inner.backend()
+            }
+            $(
+                async fn $name(&self $(, $arg: $argty)*) -> $ret {
+                    $crate::metrics::observe_backend_op($kind, self.inner.backend(), stringify!($name),
+                        self.inner.$name($($arg),*)).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use timed_decorator;

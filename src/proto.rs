@@ -1,0 +1,11 @@
+//! Generated protobuf types, tonic stubs and canonical-JSON serde impls for `proto/`.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod timeline {
+    pub mod v1 {
+        tonic::include_proto!("timeline.v1");
+        include!(concat!(env!("OUT_DIR"), "/timeline.v1.serde.rs"));
+    }
+}
+
+pub use timeline::v1::*;

@@ -1,0 +1,97 @@
+//! One running node: backends chosen by configuration, the pipeline over them, background
+//! loops, and the API on a listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::api::{self, Authenticator};
+use crate::cache::Cache;
+use crate::cache::local::LocalCache;
+use crate::cache::metered::MeteredCache;
+use crate::config::{CacheKind, Config, ConfigError, StoreKind};
+use crate::metrics;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::metered::MeteredStore;
+use crate::store::{Store, StoreError};
+use crate::timeline::{SystemClock, Timeline};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Node {
+    pub timeline: Arc<Timeline>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: PrometheusHandle,
+    embedded: Option<Arc<EmbeddedStore>>,
+}
+
+impl Node {
+    pub fn build(config: &Config) -> Result<Self, ServerError> {
+        config.validate()?;
+        let metrics = metrics::init();
+        let (secret, generated) = config.resolve_jwt_secret()?;
+        if generated {
+            tracing::warn!(
+                path = %config.data_dir.join(crate::config::SECRET_FILE).display(),
+                "no jwt_secret configured: generated a random one into the data directory"
+            );
+        }
+        let (store, embedded): (Arc<dyn Store>, _) = match config.store {
+            StoreKind::Embedded => {
+                let s =
+                    EmbeddedStore::open(&config.data_dir, config.durability, config.bucket_size)?;
+                (s.clone(), Some(s))
+            }
+        };
+        let cache: Arc<dyn Cache> = match config.cache {
+            CacheKind::Local => Arc::new(LocalCache::new()),
+        };
+        let timeline = Timeline::new(
+            MeteredStore::wrap(store),
+            MeteredCache::wrap(cache),
+            config.limits(),
+            Arc::new(SystemClock),
+        );
+        Ok(Self {
+            timeline,
+            auth: Arc::new(Authenticator::new(&secret)),
+            metrics,
+            embedded,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown`, with the recovery and metrics loops running.
+    pub async fn serve(
+        self,
+        config: &Config,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let recovery = self.timeline.spawn_recovery(config.recovery_interval.0);
+        let upkeep = metrics::spawn_upkeep(self.metrics.clone());
+        let served = api::serve(
+            listener,
+            self.timeline.clone(),
+            self.auth.clone(),
+            self.metrics.clone(),
+            shutdown,
+        )
+        .await;
+        recovery.abort();
+        upkeep.abort();
+        if let Some(store) = &self.embedded {
+            store.flush()?;
+        }
+        Ok(served?)
+    }
+}

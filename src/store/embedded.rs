@@ -1,0 +1,720 @@
+//! The embedded `Store`: the tables of `schema.cql` in fjall, a pure-Rust LSM engine, inside the
+//! data directory.
+//!
+//! Keys are encoded so that every CQL read is a prefix or range scan in clustering order
+//! (`partition \0 clustering`, integers big-endian). All writes go through one writer thread that
+//! groups whatever is queued into one journal fsync (group commit): concurrent sends share the
+//! fsync instead of paying one each, and the read-modify-write updates (`max` semantics of
+//! activity, `IF NOT EXISTS`) are serialised for free. Reads run on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// How acked writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync the journal before acknowledging (group commit).
+    Fsync,
+    /// Acknowledge once written to the OS; a machine crash may lose the last writes.
+    Buffered,
+}
+
+/// Bounded: a full queue is surfaced as `StoreError::Overloaded` rather than unbounded memory.
+const WRITE_QUEUE_CAPACITY: usize = 8192;
+/// Most jobs committed under one fsync.
+const MAX_GROUP: usize = 512;
+const VALUE_FORMAT: u8 = 1;
+
+#[derive(Clone)]
+struct Tables {
+    meta: Keyspace,
+    conversations: Keyspace,
+    members: Keyspace,
+    user_conversations: Keyspace,
+    messages: Keyspace,
+    inbox: Keyspace,
+    idempotency: Keyspace,
+    pending_fanout: Keyspace,
+}
+
+enum Outcome {
+    Done,
+    Conversation(Option<ConversationRow>),
+    UserConversation(Option<UserConversationRow>),
+}
+
+type WriteFn = Box<dyn FnOnce(&Tables, &mut OwnedWriteBatch) -> StoreResult<Outcome> + Send>;
+
+struct WriteJob {
+    apply: WriteFn,
+    reply: oneshot::Sender<StoreResult<Outcome>>,
+}
+
+pub struct EmbeddedStore {
+    db: Database,
+    tables: Tables,
+    writes: mpsc::Sender<WriteJob>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`. `bucket_size` is checked against the one the data
+    /// was written with: changing it would make every bucketed key unreadable.
+    pub fn open(dir: &Path, durability: Durability, bucket_size: u64) -> StoreResult<Arc<Self>> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = Database::builder(dir.join("tables")).open().map_err(fj)?;
+        let open = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(fj)
+        };
+        let tables = Tables {
+            meta: open("meta")?,
+            conversations: open("conversations")?,
+            members: open("members")?,
+            user_conversations: open("user_conversations")?,
+            messages: open("messages")?,
+            inbox: open("inbox")?,
+            idempotency: open("idempotency")?,
+            pending_fanout: open("pending_fanout")?,
+        };
+        match tables.meta.get(b"bucket_size").map_err(fj)? {
+            Some(v) => {
+                let stored: u64 = decode(&v)?;
+                if stored != bucket_size {
+                    return Err(StoreError::Config(format!(
+                        "data in {} was written with bucket_size {stored}, configured {bucket_size}",
+                        dir.display()
+                    )));
+                }
+            }
+            None => {
+                tables
+                    .meta
+                    .insert(b"bucket_size", encode(&bucket_size)?)
+                    .map_err(fj)?;
+                db.persist(PersistMode::SyncAll).map_err(fj)?;
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let writer_db = db.clone();
+        let writer_tables = tables.clone();
+        thread::Builder::new()
+            .name("embedded-store-writer".into())
+            .spawn(move || run_writer(writer_db, writer_tables, rx, durability))
+            .map_err(io)?;
+        Ok(Arc::new(Self {
+            db,
+            tables,
+            writes: tx,
+        }))
+    }
+
+    async fn write(&self, apply: WriteFn) -> StoreResult<Outcome> {
+        let (reply, done) = oneshot::channel();
+        self.writes
+            .try_send(WriteJob { apply, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Overloaded("embedded write queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("embedded writer has stopped".into())
+                }
+            })?;
+        done.await
+            .map_err(|_| StoreError::Unavailable("embedded writer has stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tables) -> StoreResult<T> + Send + 'static,
+    {
+        let tables = self.tables.clone();
+        tokio::task::spawn_blocking(move || f(&tables))
+            .await
+            .map_err(|e| StoreError::Io(format!("blocking read task failed: {e}")))?
+    }
+
+    /// Forces everything written so far to disk (used on shutdown).
+    pub fn flush(&self) -> StoreResult<()> {
+        self.db.persist(PersistMode::SyncAll).map_err(fj)
+    }
+}
+
+fn run_writer(
+    db: Database,
+    tables: Tables,
+    mut rx: mpsc::Receiver<WriteJob>,
+    durability: Durability,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        // Each job commits its own batch so that later jobs of the group read its effects;
+        // one fsync then covers the whole group before anyone is acknowledged.
+        let mut results = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for job in group.drain(..) {
+            let mut batch = db.batch();
+            let result = (job.apply)(&tables, &mut batch)
+                .and_then(|outcome| batch.commit().map_err(fj).map(|()| outcome));
+            results.push(result);
+            replies.push(job.reply);
+        }
+        let synced = match durability {
+            Durability::Fsync => db.persist(PersistMode::SyncData).map_err(fj),
+            Durability::Buffered => db.persist(PersistMode::Buffer).map_err(fj),
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let result = match &synced {
+                Ok(()) => result,
+                Err(e) => Err(StoreError::Io(format!("journal sync failed: {e}"))),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+// --- encoding -------------------------------------------------------------------------------
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn fj(e: fjall::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    let mut out = vec![VALUE_FORMAT];
+    out.extend(postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    match bytes.split_first() {
+        Some((&VALUE_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+        _ => Err(StoreError::Corrupt("unknown value format".into())),
+    }
+}
+
+/// `partition \0 clustering...`: ids never contain NUL, so a partition's keys form one prefix.
+fn key(partition: &[&str], clustering: &[u64]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    for p in partition {
+        k.extend_from_slice(p.as_bytes());
+        k.push(0);
+    }
+    for c in clustering {
+        k.extend_from_slice(&c.to_be_bytes());
+    }
+    k
+}
+
+fn key_with_suffix(partition: &str, suffix: &str) -> Vec<u8> {
+    let mut k = key(&[partition], &[]);
+    k.extend_from_slice(suffix.as_bytes());
+    k
+}
+
+fn tail_u64(k: &[u8], from_end: usize) -> u64 {
+    let end = k.len() - 8 * (from_end - 1);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[end - 8..end]);
+    u64::from_be_bytes(b)
+}
+
+fn scan_values<T: DeserializeOwned>(
+    iter: impl Iterator<Item = fjall::Guard>,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    for guard in iter.take(limit) {
+        let (_, v) = guard.into_inner().map_err(fj)?;
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}
+
+fn get<T: DeserializeOwned>(ks: &Keyspace, k: &[u8]) -> StoreResult<Option<T>> {
+    ks.get(k).map_err(fj)?.map(|v| decode(&v)).transpose()
+}
+
+fn message_key(m: &MessageRow, bucket_size: u64) -> Vec<u8> {
+    key(
+        &[&m.conversation_id],
+        &[m.conv_seq / bucket_size, m.conv_seq, m.message_id],
+    )
+}
+
+/// The embedded layout keeps the bucket in every bucketed key; it is read back from the meta
+/// keyspace so that writes need not carry it.
+fn bucket_size_of(tables: &Tables) -> StoreResult<u64> {
+    get(&tables.meta, b"bucket_size")?
+        .ok_or_else(|| StoreError::Corrupt("bucket_size missing from meta".into()))
+}
+
+fn inbox_key(user_id: &str, bucket: u64, inbox_seq: u64, message_id: u64) -> Vec<u8> {
+    key(&[user_id], &[bucket, inbox_seq, message_id])
+}
+
+fn user_conversation_key(user_id: &str, conversation_id: &str) -> Vec<u8> {
+    key_with_suffix(user_id, conversation_id)
+}
+
+fn floor_key(user_id: &str) -> Vec<u8> {
+    key_with_suffix("inbox_floor", user_id)
+}
+
+fn pending_key(shard: u32, message_id: u64) -> Vec<u8> {
+    let mut k = shard.to_be_bytes().to_vec();
+    k.extend_from_slice(&message_id.to_be_bytes());
+    k
+}
+
+/// Keys of a partition strictly after the key `after` (or the whole partition).
+fn after_bounds(prefix: &[u8], after: Option<Vec<u8>>) -> (std::ops::Bound<Vec<u8>>, Vec<u8>) {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Included(prefix.to_vec()),
+    };
+    (start, prefix_end(prefix))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn insert_conversation_if_absent(
+        &self,
+        row: &ConversationRow,
+    ) -> StoreResult<Option<ConversationRow>> {
+        let row = row.clone();
+        let outcome = self
+            .write(Box::new(move |t, batch| {
+                let k = row.conversation_id.as_bytes().to_vec();
+                if let Some(existing) = get::<ConversationRow>(&t.conversations, &k)? {
+                    return Ok(Outcome::Conversation(Some(existing)));
+                }
+                batch.insert(&t.conversations, k, encode(&row)?);
+                Ok(Outcome::Conversation(None))
+            }))
+            .await?;
+        match outcome {
+            Outcome::Conversation(existing) => Ok(existing),
+            _ => Err(StoreError::Corrupt("unexpected writer outcome".into())),
+        }
+    }
+
+    async fn get_conversation(&self, id: &str) -> StoreResult<Option<ConversationRow>> {
+        let k = id.as_bytes().to_vec();
+        self.read(move |t| get(&t.conversations, &k)).await
+    }
+
+    async fn set_member_count(&self, id: &str, member_count: u32) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(Box::new(move |t, batch| {
+            if let Some(mut row) = get::<ConversationRow>(&t.conversations, id.as_bytes())? {
+                row.member_count = member_count;
+                batch.insert(&t.conversations, id.as_bytes(), encode(&row)?);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_member(&self, row: &MemberRow) -> StoreResult<()> {
+        let k = key_with_suffix(&row.conversation_id, &row.user_id);
+        let v = encode(row)?;
+        self.write(Box::new(move |t, batch| {
+            batch.insert(&t.members, k, v);
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()> {
+        let k = key_with_suffix(conversation_id, user_id);
+        self.write(Box::new(move |t, batch| {
+            batch.remove(&t.members, k);
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn get_member(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<MemberRow>> {
+        let k = key_with_suffix(conversation_id, user_id);
+        self.read(move |t| get(&t.members, &k)).await
+    }
+
+    async fn list_members(
+        &self,
+        conversation_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberRow>> {
+        let prefix = key(&[conversation_id], &[]);
+        let after = after.map(|a| key_with_suffix(conversation_id, a));
+        self.read(move |t| {
+            let (start, end) = after_bounds(&prefix, after);
+            scan_values(
+                t.members.range((start, std::ops::Bound::Excluded(end))),
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn count_members(&self, conversation_id: &str) -> StoreResult<u64> {
+        let prefix = key(&[conversation_id], &[]);
+        self.read(move |t| Ok(t.members.prefix(prefix).count() as u64))
+            .await
+    }
+
+    async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()> {
+        let k = user_conversation_key(&row.user_id, &row.conversation_id);
+        let v = encode(row)?;
+        self.write(Box::new(move |t, batch| {
+            batch.insert(&t.user_conversations, k, v);
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn delete_user_conversation(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<()> {
+        let k = user_conversation_key(user_id, conversation_id);
+        self.write(Box::new(move |t, batch| {
+            batch.remove(&t.user_conversations, k);
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn get_user_conversation(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<UserConversationRow>> {
+        let k = user_conversation_key(user_id, conversation_id);
+        self.read(move |t| get(&t.user_conversations, &k)).await
+    }
+
+    async fn list_user_conversations(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<UserConversationRow>> {
+        let prefix = key(&[user_id], &[]);
+        let after = after.map(|a| user_conversation_key(user_id, a));
+        self.read(move |t| {
+            let (start, end) = after_bounds(&prefix, after);
+            scan_values(
+                t.user_conversations
+                    .range((start, std::ops::Bound::Excluded(end))),
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn advance_read_seq(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> StoreResult<Option<UserConversationRow>> {
+        let k = user_conversation_key(user_id, conversation_id);
+        let outcome = self
+            .write(Box::new(move |t, batch| {
+                let Some(mut row) = get::<UserConversationRow>(&t.user_conversations, &k)? else {
+                    return Ok(Outcome::UserConversation(None));
+                };
+                if seq > row.read_seq {
+                    row.read_seq = seq;
+                    batch.insert(&t.user_conversations, k, encode(&row)?);
+                }
+                Ok(Outcome::UserConversation(Some(row)))
+            }))
+            .await?;
+        match outcome {
+            Outcome::UserConversation(row) => Ok(row),
+            _ => Err(StoreError::Corrupt("unexpected writer outcome".into())),
+        }
+    }
+
+    async fn write_message(&self, write: &MessageWrite) -> StoreResult<()> {
+        let write = write.clone();
+        self.write(Box::new(move |t, batch| {
+            let bucket_size = bucket_size_of(t)?;
+            batch.insert(
+                &t.messages,
+                message_key(&write.message, bucket_size),
+                encode(&write.message)?,
+            );
+            if let Some(p) = &write.pending {
+                batch.insert(
+                    &t.pending_fanout,
+                    pending_key(p.shard, p.message_id),
+                    encode(p)?,
+                );
+            }
+            if let Some(i) = &write.idempotency {
+                batch.insert(
+                    &t.idempotency,
+                    key_with_suffix(&i.sender_id, &i.client_msg_id),
+                    encode(i)?,
+                );
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn read_messages(
+        &self,
+        conversation_id: &str,
+        bucket: u64,
+        range: SeqRange,
+        order: ReadOrder,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageRow>> {
+        if range.from > range.to {
+            return Ok(Vec::new());
+        }
+        let start = key(&[conversation_id], &[bucket, range.from, 0]);
+        let end = key(&[conversation_id], &[bucket, range.to, u64::MAX]);
+        self.read(move |t| {
+            let iter = t.messages.range(start..=end);
+            match order {
+                ReadOrder::Ascending => scan_values(iter, limit),
+                ReadOrder::Descending => scan_values(iter.rev(), limit),
+            }
+        })
+        .await
+    }
+
+    async fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64> {
+        let prefix = key(&[conversation_id], &[]);
+        self.read(move |t| match t.messages.prefix(prefix).next_back() {
+            Some(guard) => Ok(tail_u64(&guard.key().map_err(fj)?, 2)),
+            None => Ok(0),
+        })
+        .await
+    }
+
+    async fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()> {
+        let write = write.clone();
+        self.write(Box::new(move |t, batch| {
+            let bucket_size = bucket_size_of(t)?;
+            for row in &write.inbox {
+                let k = inbox_key(
+                    &row.user_id,
+                    row.inbox_seq / bucket_size,
+                    row.inbox_seq,
+                    row.message.message_id,
+                );
+                batch.insert(&t.inbox, k, encode(row)?);
+            }
+            for a in &write.activity {
+                let k = user_conversation_key(&a.user_id, &a.conversation_id);
+                // A member who left meanwhile has no row: nothing to raise.
+                let Some(mut row) = get::<UserConversationRow>(&t.user_conversations, &k)? else {
+                    continue;
+                };
+                if a.last_seq > row.last_seq {
+                    row.last_seq = a.last_seq;
+                    row.last_message_id = a.last_message_id;
+                }
+                if let Some(read) = a.read_seq {
+                    row.read_seq = row.read_seq.max(read);
+                }
+                batch.insert(&t.user_conversations, k, encode(&row)?);
+            }
+            if let Some((shard, message_id)) = write.clear_pending {
+                batch.remove(&t.pending_fanout, pending_key(shard, message_id));
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn read_inbox(
+        &self,
+        user_id: &str,
+        bucket: u64,
+        after: InboxPosition,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxRow>> {
+        let prefix = key(&[user_id], &[bucket]);
+        let after = inbox_key(user_id, bucket, after.inbox_seq, after.message_id);
+        self.read(move |t| {
+            let end = prefix_end(&prefix);
+            let start = if after.as_slice() < prefix.as_slice() {
+                std::ops::Bound::Included(prefix)
+            } else {
+                std::ops::Bound::Excluded(after)
+            };
+            scan_values(
+                t.inbox.range((start, std::ops::Bound::Excluded(end))),
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn last_inbox_seq(&self, user_id: &str) -> StoreResult<u64> {
+        let prefix = key(&[user_id], &[]);
+        self.read(move |t| match t.inbox.prefix(prefix).next_back() {
+            Some(guard) => Ok(tail_u64(&guard.key().map_err(fj)?, 2)),
+            None => Ok(0),
+        })
+        .await
+    }
+
+    async fn inbox_floor(&self, user_id: &str) -> StoreResult<u64> {
+        let k = floor_key(user_id);
+        self.read(move |t| Ok(get::<u64>(&t.meta, &k)?.unwrap_or(0)))
+            .await
+    }
+
+    async fn drop_inbox_bucket(
+        &self,
+        user_id: &str,
+        bucket: u64,
+        bucket_size: u64,
+    ) -> StoreResult<()> {
+        let user_id = user_id.to_owned();
+        self.write(Box::new(move |t, batch| {
+            for guard in t.inbox.prefix(key(&[&user_id], &[bucket])) {
+                batch.remove(&t.inbox, guard.key().map_err(fj)?);
+            }
+            let fk = floor_key(&user_id);
+            let floor = get::<u64>(&t.meta, &fk)?.unwrap_or(0);
+            let new_floor = (bucket + 1) * bucket_size;
+            if new_floor > floor {
+                batch.insert(&t.meta, fk, encode(&new_floor)?);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn get_idempotency(
+        &self,
+        sender_id: &str,
+        client_msg_id: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> StoreResult<Option<IdempotencyRow>> {
+        let k = key_with_suffix(sender_id, client_msg_id);
+        let row: Option<IdempotencyRow> = self.read(move |t| get(&t.idempotency, &k)).await?;
+        Ok(row.filter(|r| now_ms - r.created_at_ms < ttl_ms))
+    }
+
+    async fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>> {
+        self.read(move |t| scan_values(t.pending_fanout.prefix(shard.to_be_bytes()), limit))
+            .await
+    }
+
+    async fn get_pending(
+        &self,
+        shard: u32,
+        message_id: u64,
+    ) -> StoreResult<Option<PendingFanoutRow>> {
+        self.read(move |t| get(&t.pending_fanout, &pending_key(shard, message_id)))
+            .await
+    }
+
+    async fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()> {
+        self.write(Box::new(move |t, batch| {
+            batch.remove(&t.pending_fanout, pending_key(shard, message_id));
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab\0"), b"ab\x01".to_vec());
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
+
+    #[test]
+    fn keys_of_one_partition_sort_by_clustering_order() {
+        let a = inbox_key("u1", 0, 2, 9);
+        let b = inbox_key("u1", 0, 10, 1);
+        let other_user = inbox_key("u1x", 0, 0, 0);
+        assert!(a < b);
+        assert!(b < prefix_end(&key(&["u1"], &[])));
+        assert!(other_user > prefix_end(&key(&["u1"], &[])) || other_user < key(&["u1"], &[]));
+        assert_eq!(tail_u64(&b, 2), 10);
+    }
+
+    #[test]
+    fn values_round_trip_and_reject_unknown_formats() {
+        let v = encode(&42u64).unwrap();
+        assert_eq!(decode::<u64>(&v).unwrap(), 42);
+        assert!(matches!(
+            decode::<u64>(&[9, 1]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(decode::<u64>(&[]), Err(StoreError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,168 @@
+//! The durable tables (`schema.cql`) behind one trait.
+//!
+//! `Store` is Scylla-shaped: every method is one CQL query (or one batch) on the tables of
+//! `schema.cql`: single-partition writes and clustered range reads. It promises no
+//! multi-partition atomicity beyond what each method documents, so the pipeline in
+//! [`crate::timeline`] stays correct on ScyllaDB as well as on the embedded engine.
+//! Walking buckets, dedupe and ordering across partitions are the pipeline's job, done once.
+
+pub mod embedded;
+pub mod metered;
+mod rows;
+
+pub use rows::*;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is overloaded: {0}")]
+    Overloaded(String),
+    #[error("store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("store configuration mismatch: {0}")]
+    Config(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Number of partitions of `pending_fanout`; a message's shard is `message_id % PENDING_SHARDS`.
+pub const PENDING_SHARDS: u32 = 16;
+
+pub fn pending_shard(message_id: u64) -> u32 {
+    (message_id % u64::from(PENDING_SHARDS)) as u32
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for metrics and logs.
+    fn backend(&self) -> &'static str;
+
+    // --- conversations ---------------------------------------------------------------------
+
+    /// `INSERT ... IF NOT EXISTS`: returns the existing row when there was one.
+    async fn insert_conversation_if_absent(
+        &self,
+        row: &ConversationRow,
+    ) -> StoreResult<Option<ConversationRow>>;
+    async fn get_conversation(&self, conversation_id: &str)
+    -> StoreResult<Option<ConversationRow>>;
+    async fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+
+    // --- members -----------------------------------------------------------------------------
+
+    async fn upsert_member(&self, row: &MemberRow) -> StoreResult<()>;
+    async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
+    async fn get_member(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<MemberRow>>;
+    /// Members ordered by user_id, strictly after `after`.
+    async fn list_members(
+        &self,
+        conversation_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberRow>>;
+    async fn count_members(&self, conversation_id: &str) -> StoreResult<u64>;
+
+    // --- user_conversations -----------------------------------------------------------------
+
+    async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()>;
+    async fn delete_user_conversation(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<()>;
+    async fn get_user_conversation(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<UserConversationRow>>;
+    /// The user's rows ordered by conversation_id, strictly after `after`.
+    async fn list_user_conversations(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<UserConversationRow>>;
+    /// Moves `read_seq` forward to `seq` (never back); returns the row after the update, or
+    /// `None` when the user has no row for the conversation.
+    async fn advance_read_seq(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        seq: u64,
+    ) -> StoreResult<Option<UserConversationRow>>;
+
+    // --- messages ----------------------------------------------------------------------------
+
+    /// The durable step of a send: the message row, its outbox entry and its idempotency
+    /// record, atomically (a logged batch on ScyllaDB).
+    async fn write_message(&self, write: &MessageWrite) -> StoreResult<()>;
+    /// Rows of one `(conversation_id, bucket)` partition with conv_seq in `range`, in `order`.
+    async fn read_messages(
+        &self,
+        conversation_id: &str,
+        bucket: u64,
+        range: SeqRange,
+        order: ReadOrder,
+        limit: usize,
+    ) -> StoreResult<Vec<MessageRow>>;
+    /// The highest conv_seq written for the conversation (0 if none): read once when the
+    /// sequencer has lost its state.
+    async fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;
+
+    // --- inbox -------------------------------------------------------------------------------
+
+    /// The fan-out step: inbox rows, activity updates and clearing the outbox entry. After a
+    /// crash either all of it is visible, or the outbox entry is still there (with the inbox
+    /// allocation recorded when the backend writes in several steps) so a re-drive completes it.
+    async fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()>;
+    /// Rows of one `(user_id, bucket)` partition strictly after `after`, ascending.
+    async fn read_inbox(
+        &self,
+        user_id: &str,
+        bucket: u64,
+        after: InboxPosition,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxRow>>;
+    /// The highest inbox_seq written for the user (0 if none): read once when the sequencer
+    /// has lost its state.
+    async fn last_inbox_seq(&self, user_id: &str) -> StoreResult<u64>;
+    /// Every inbox_seq below this was dropped by retention.
+    async fn inbox_floor(&self, user_id: &str) -> StoreResult<u64>;
+    /// Drops one `(user_id, bucket)` partition and raises the floor past it.
+    async fn drop_inbox_bucket(
+        &self,
+        user_id: &str,
+        bucket: u64,
+        bucket_size: u64,
+    ) -> StoreResult<()>;
+
+    // --- idempotency ------------------------------------------------------------------------
+
+    /// The record, unless it is older than `ttl_ms` (rows expire by TTL on ScyllaDB).
+    async fn get_idempotency(
+        &self,
+        sender_id: &str,
+        client_msg_id: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> StoreResult<Option<IdempotencyRow>>;
+
+    // --- pending_fanout ---------------------------------------------------------------------
+
+    async fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
+    async fn get_pending(
+        &self,
+        shard: u32,
+        message_id: u64,
+    ) -> StoreResult<Option<PendingFanoutRow>>;
+    async fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()>;
+}

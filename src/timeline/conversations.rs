@@ -1,0 +1,601 @@
+//! Conversations, membership, the conversation list and read state (DESIGN §6).
+//!
+//! Unread is derived, never counted: `last_seq - read_seq` per (user, conversation), where
+//! `last_seq` is raised by each fan-out and `read_seq` only moves forward.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::error::{TimelineError, TimelineResult, invalid};
+use super::ids::*;
+use super::{Caller, Timeline, page_size};
+use crate::cache::{SeqKey, SeqRequest};
+use crate::store::*;
+
+const MAX_TITLE_LEN: usize = 256;
+/// Membership writes in flight at once: the embedded writer commits them under one fsync.
+const JOIN_CONCURRENCY: usize = 64;
+const LIST_PAGE: usize = 1000;
+/// Conversation rows and last messages read in parallel for one list page.
+const ENRICH_CONCURRENCY: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateConversation {
+    pub kind: ConversationKind,
+    pub conversation_id: String,
+    pub title: String,
+    pub member_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationView {
+    pub conversation: ConversationRow,
+    pub membership: MemberRow,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub unread: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub conversation: ConversationRow,
+    pub last_message: Option<MessageRow>,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub unread: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    pub conversations: Vec<Summary>,
+    pub next_page_token: String,
+}
+
+fn not_a_member(conversation_id: &str) -> TimelineError {
+    TimelineError::PermissionDenied(format!("you are not a member of {conversation_id}"))
+}
+
+/// Orders the conversation list: the last message, or the join for a conversation without one.
+fn activity_key(row: &UserConversationRow) -> u64 {
+    row.last_message_id.max(snowflake_floor(row.joined_at_ms))
+}
+
+fn unread(row: &UserConversationRow) -> u64 {
+    row.last_seq.saturating_sub(row.read_seq)
+}
+
+fn encode_page_token(activity: u64, conversation_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{activity}/{conversation_id}"))
+}
+
+fn decode_page_token(token: &str) -> TimelineResult<Option<(u64, String)>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token is malformed");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (activity, conversation_id) = text.split_once('/').ok_or_else(bad)?;
+    Ok(Some((
+        activity.parse().map_err(|_| bad())?,
+        conversation_id.to_owned(),
+    )))
+}
+
+fn validate_members(ids: &[String], limit: usize) -> TimelineResult<BTreeSet<String>> {
+    if ids.len() > limit {
+        return Err(invalid(format!(
+            "at most {limit} users per call, got {}",
+            ids.len()
+        )));
+    }
+    let mut set = BTreeSet::new();
+    for id in ids {
+        validate_user_id("member id", id)?;
+        set.insert(id.clone());
+    }
+    Ok(set)
+}
+
+impl Timeline {
+    pub async fn create_conversation(
+        &self,
+        caller: &Caller,
+        req: CreateConversation,
+    ) -> TimelineResult<(ConversationRow, bool)> {
+        if req.title.len() > MAX_TITLE_LEN || req.title.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "title must be at most {MAX_TITLE_LEN} bytes without control characters"
+            )));
+        }
+        match req.kind {
+            ConversationKind::Direct => {
+                if !req.conversation_id.is_empty() {
+                    return Err(invalid(
+                        "a direct conversation's id is derived: leave conversation_id empty",
+                    ));
+                }
+                let [peer] = req.member_ids.as_slice() else {
+                    return Err(invalid(
+                        "a direct conversation takes exactly one member_id, the peer",
+                    ));
+                };
+                validate_user_id("member id", peer)?;
+                let id = direct_id(&caller.user_id, peer)?;
+                self.ensure_direct(caller, &id).await
+            }
+            ConversationKind::Group => self.create_group(caller, req).await,
+        }
+    }
+
+    async fn create_group(
+        &self,
+        caller: &Caller,
+        req: CreateConversation,
+    ) -> TimelineResult<(ConversationRow, bool)> {
+        let id = match req.conversation_id.as_str() {
+            "" => format!("{GROUP_PREFIX}{:016x}", rand::random::<u64>()),
+            given if given.starts_with(GROUP_PREFIX) => given.to_owned(),
+            given => format!("{GROUP_PREFIX}{given}"),
+        };
+        validate_group_id(&id)?;
+        let mut members = validate_members(&req.member_ids, self.limits.max_members_per_call)?;
+        members.remove(&caller.user_id);
+        if members.len() + 1 > self.limits.max_group_members as usize {
+            return Err(TimelineError::ResourceExhausted(format!(
+                "a group has at most {} members",
+                self.limits.max_group_members
+            )));
+        }
+        let now = self.clock.now_ms();
+        let row = ConversationRow {
+            conversation_id: id.clone(),
+            kind: ConversationKind::Group,
+            title: req.title,
+            created_at_ms: now,
+            created_by: caller.user_id.clone(),
+            member_count: (members.len() + 1) as u32,
+            mode: DeliveryMode::Fanout,
+            mode_since_seq: 1,
+        };
+        match self.store.insert_conversation_if_absent(&row).await? {
+            None => {
+                let everyone = std::iter::once((caller.user_id.clone(), Role::Owner))
+                    .chain(members.into_iter().map(|m| (m, Role::Member)));
+                self.join_all(&row, everyone, 1).await?;
+                Ok((row, true))
+            }
+            // A retried creation (the first may have died half-way): complete it.
+            Some(existing) if existing.created_by == caller.user_id => {
+                let joined_seq = self.current_seq(&SeqKey::Conversation(id.clone())).await? + 1;
+                if self.store.get_member(&id, &caller.user_id).await?.is_none() {
+                    self.join_all(
+                        &existing,
+                        [(caller.user_id.clone(), Role::Owner)],
+                        joined_seq,
+                    )
+                    .await?;
+                }
+                let (conversation, _) =
+                    self.add_new_members(&existing, members, joined_seq).await?;
+                Ok((conversation, false))
+            }
+            Some(_) => Err(TimelineError::AlreadyExists(format!("{id} already exists"))),
+        }
+    }
+
+    /// Creates the direct conversation if needed and makes sure both users are members.
+    async fn ensure_direct(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> TimelineResult<(ConversationRow, bool)> {
+        let (a, b) = parse_direct_id(id)?;
+        if caller.user_id != a && caller.user_id != b {
+            return Err(not_a_member(id));
+        }
+        let row = ConversationRow {
+            conversation_id: id.to_owned(),
+            kind: ConversationKind::Direct,
+            title: String::new(),
+            created_at_ms: self.clock.now_ms(),
+            created_by: caller.user_id.clone(),
+            member_count: 2,
+            mode: DeliveryMode::Fanout,
+            mode_since_seq: 1,
+        };
+        let existing = self.store.insert_conversation_if_absent(&row).await?;
+        let created = existing.is_none();
+        let conversation = existing.unwrap_or(row);
+        for user in [a, b] {
+            if self.store.get_member(id, &user).await?.is_none() {
+                // Direct chats show their whole history to both users.
+                self.join_all(&conversation, [(user, Role::Member)], 1)
+                    .await?;
+            }
+        }
+        Ok((conversation, created))
+    }
+
+    /// Writes member and user_conversations rows for each user, joined at `joined_seq`.
+    async fn join_all(
+        &self,
+        conversation: &ConversationRow,
+        users: impl IntoIterator<Item = (String, Role)>,
+        joined_seq: u64,
+    ) -> TimelineResult<Vec<MemberRow>> {
+        let now = self.clock.now_ms();
+        let joins: Vec<_> = users
+            .into_iter()
+            .map(|(user_id, role)| async move {
+                let member = MemberRow {
+                    conversation_id: conversation.conversation_id.clone(),
+                    user_id: user_id.clone(),
+                    role,
+                    joined_seq,
+                    joined_at_ms: now,
+                };
+                self.store.upsert_member(&member).await?;
+                self.store
+                    .upsert_user_conversation(&UserConversationRow {
+                        user_id,
+                        conversation_id: conversation.conversation_id.clone(),
+                        kind: conversation.kind,
+                        mode: conversation.mode,
+                        last_message_id: 0,
+                        // Nothing before the join is unread.
+                        last_seq: joined_seq - 1,
+                        read_seq: joined_seq - 1,
+                        joined_seq,
+                        joined_at_ms: now,
+                    })
+                    .await?;
+                Ok::<_, TimelineError>(member)
+            })
+            .collect();
+        stream::iter(joins)
+            .buffer_unordered(JOIN_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// The conversation a send goes to, creating a direct chat on first use.
+    pub(crate) async fn conversation_for_send(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> TimelineResult<ConversationRow> {
+        if let Some(conversation) = self.store.get_conversation(id).await? {
+            if self.store.get_member(id, &caller.user_id).await?.is_some() {
+                return Ok(conversation);
+            }
+        }
+        if id.starts_with(DIRECT_PREFIX) {
+            return Ok(self.ensure_direct(caller, id).await?.0);
+        }
+        self.require_member(&caller.user_id, id)
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// The conversation and the user's membership: NOT_FOUND for an unknown conversation,
+    /// PERMISSION_DENIED for one the user does not belong to.
+    pub(crate) async fn require_member(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> TimelineResult<(ConversationRow, MemberRow)> {
+        let conversation = self
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(|| {
+                TimelineError::NotFound(format!("conversation {conversation_id} does not exist"))
+            })?;
+        let member = self
+            .store
+            .get_member(conversation_id, user_id)
+            .await?
+            .ok_or_else(|| not_a_member(conversation_id))?;
+        Ok((conversation, member))
+    }
+
+    pub async fn get_conversation(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> TimelineResult<ConversationView> {
+        validate_conversation_id(id)?;
+        let (conversation, membership) = self.require_member(&caller.user_id, id).await?;
+        let state = self
+            .store
+            .get_user_conversation(&caller.user_id, id)
+            .await?;
+        let (last_seq, read_seq) = state.as_ref().map_or((0, 0), |s| (s.last_seq, s.read_seq));
+        Ok(ConversationView {
+            conversation,
+            membership,
+            last_seq,
+            read_seq,
+            unread: last_seq.saturating_sub(read_seq),
+        })
+    }
+
+    pub async fn add_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        user_ids: &[String],
+    ) -> TimelineResult<(ConversationRow, Vec<MemberRow>)> {
+        validate_conversation_id(id)?;
+        let users = validate_members(user_ids, self.limits.max_members_per_call)?;
+        let (conversation, me) = self.require_member(&caller.user_id, id).await?;
+        if conversation.kind == ConversationKind::Direct {
+            return Err(TimelineError::FailedPrecondition(
+                "a direct conversation has exactly its two users".into(),
+            ));
+        }
+        if me.role < Role::Admin {
+            return Err(TimelineError::PermissionDenied(
+                "only the owner or an admin adds members".into(),
+            ));
+        }
+        // Members see messages from the next conv_seq on.
+        let joined_seq = self
+            .current_seq(&SeqKey::Conversation(id.to_owned()))
+            .await?
+            + 1;
+        self.add_new_members(&conversation, users, joined_seq).await
+    }
+
+    /// Joins the users who are not members yet, then backfills messages at or after
+    /// `joined_seq` already written: a send that read the member list before these joins
+    /// landed wrote its message before this backfill reads, so every such message reaches the
+    /// new members one way or the other.
+    async fn add_new_members(
+        &self,
+        conversation: &ConversationRow,
+        users: BTreeSet<String>,
+        joined_seq: u64,
+    ) -> TimelineResult<(ConversationRow, Vec<MemberRow>)> {
+        let id = &conversation.conversation_id;
+        let mut new_users = Vec::new();
+        for user in users {
+            if self.store.get_member(id, &user).await?.is_none() {
+                new_users.push(user);
+            }
+        }
+        if new_users.is_empty() {
+            return Ok((conversation.clone(), Vec::new()));
+        }
+        let count = self.store.count_members(id).await? as usize;
+        if count + new_users.len() > self.limits.max_group_members as usize {
+            return Err(TimelineError::ResourceExhausted(format!(
+                "a group has at most {} members",
+                self.limits.max_group_members
+            )));
+        }
+        let added = self
+            .join_all(
+                conversation,
+                new_users.iter().map(|u| (u.clone(), Role::Member)),
+                joined_seq,
+            )
+            .await?;
+        self.backfill(id, &new_users, joined_seq).await?;
+        let conversation = self.refresh_member_count(conversation).await?;
+        Ok((conversation, added))
+    }
+
+    async fn backfill(&self, id: &str, users: &[String], from_seq: u64) -> TimelineResult<()> {
+        let to_seq = self
+            .current_seq(&SeqKey::Conversation(id.to_owned()))
+            .await?;
+        let size = self.limits.bucket_size;
+        let mut bucket = self.bucket(from_seq);
+        while from_seq <= to_seq && bucket <= self.bucket(to_seq) {
+            let range = SeqRange {
+                from: (bucket * size).max(from_seq),
+                to: (bucket * size + size - 1).min(to_seq),
+            };
+            let messages = self
+                .store
+                .read_messages(id, bucket, range, ReadOrder::Ascending, size as usize)
+                .await?;
+            for message in messages {
+                let requests: Vec<SeqRequest> = users
+                    .iter()
+                    .map(|u| SeqRequest {
+                        key: SeqKey::Inbox(u.clone()),
+                        count: 1,
+                    })
+                    .collect();
+                let seqs = self.allocate(&requests).await?;
+                let allocation: Vec<(String, u64)> = users.iter().cloned().zip(seqs).collect();
+                self.write_inbox_rows(&message, &allocation, false).await?;
+            }
+            bucket += 1;
+        }
+        Ok(())
+    }
+
+    async fn refresh_member_count(
+        &self,
+        conversation: &ConversationRow,
+    ) -> TimelineResult<ConversationRow> {
+        let count = self
+            .store
+            .count_members(&conversation.conversation_id)
+            .await?;
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        self.store
+            .set_member_count(&conversation.conversation_id, count)
+            .await?;
+        Ok(ConversationRow {
+            member_count: count,
+            ..conversation.clone()
+        })
+    }
+
+    pub async fn remove_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        user_ids: &[String],
+    ) -> TimelineResult<(ConversationRow, Vec<String>)> {
+        validate_conversation_id(id)?;
+        let users = validate_members(user_ids, self.limits.max_members_per_call)?;
+        let (conversation, me) = self.require_member(&caller.user_id, id).await?;
+        if conversation.kind == ConversationKind::Direct {
+            return Err(TimelineError::FailedPrecondition(
+                "a direct conversation has exactly its two users".into(),
+            ));
+        }
+        let mut targets = Vec::new();
+        for user in users {
+            let Some(member) = self.store.get_member(id, &user).await? else {
+                continue;
+            };
+            // Anyone may leave; removing others takes a higher role than theirs.
+            if user != caller.user_id && (me.role < Role::Admin || member.role >= me.role) {
+                return Err(TimelineError::PermissionDenied(format!(
+                    "you may not remove {user}: it takes the owner, or an admin for plain members"
+                )));
+            }
+            targets.push(user);
+        }
+        for user in &targets {
+            self.store.delete_member(id, user).await?;
+            self.store.delete_user_conversation(user, id).await?;
+        }
+        let conversation = if targets.is_empty() {
+            conversation
+        } else {
+            self.refresh_member_count(&conversation).await?
+        };
+        Ok((conversation, targets))
+    }
+
+    pub async fn list_conversations(
+        &self,
+        caller: &Caller,
+        page_token: &str,
+        limit: u32,
+    ) -> TimelineResult<ListPage> {
+        let limit = page_size(
+            limit,
+            self.limits.list_default_limit,
+            self.limits.list_max_limit,
+        );
+        let after = decode_page_token(page_token)?;
+        let mut rows = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_user_conversations(&caller.user_id, last.as_deref(), LIST_PAGE)
+                .await?;
+            let done = page.len() < LIST_PAGE;
+            last = page.last().map(|r| r.conversation_id.clone());
+            rows.extend(page.into_iter().filter(|r| r.joined_seq > 0));
+            if done || rows.len() >= self.limits.max_conversations_per_user {
+                break;
+            }
+        }
+        // Newest activity first; the id breaks ties so that pages never overlap.
+        rows.sort_by(|x, y| {
+            activity_key(y)
+                .cmp(&activity_key(x))
+                .then_with(|| x.conversation_id.cmp(&y.conversation_id))
+        });
+        let start = match &after {
+            None => 0,
+            Some((activity, id)) => rows.partition_point(|r| {
+                let a = activity_key(r);
+                a > *activity || (a == *activity && r.conversation_id <= *id)
+            }),
+        };
+        let page: Vec<UserConversationRow> = rows.iter().skip(start).take(limit).cloned().collect();
+        let next_page_token = match page.last() {
+            Some(r) if start + page.len() < rows.len() => {
+                encode_page_token(activity_key(r), &r.conversation_id)
+            }
+            _ => String::new(),
+        };
+        let reads: Vec<_> = page
+            .into_iter()
+            .map(|row| async move {
+                let Some(conversation) = self.store.get_conversation(&row.conversation_id).await?
+                else {
+                    return Ok::<_, TimelineError>(None);
+                };
+                let last_message = if row.last_message_id != 0 {
+                    self.find_message(&row.conversation_id, row.last_seq, row.last_message_id)
+                        .await?
+                } else {
+                    None
+                };
+                Ok(Some(Summary {
+                    conversation,
+                    last_message,
+                    last_seq: row.last_seq,
+                    read_seq: row.read_seq,
+                    unread: unread(&row),
+                }))
+            })
+            .collect();
+        let conversations: Vec<Option<Summary>> = stream::iter(reads)
+            .buffered(ENRICH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(ListPage {
+            conversations: conversations.into_iter().flatten().collect(),
+            next_page_token,
+        })
+    }
+
+    /// Moves the caller's read_seq forward to `seq` (capped at the last message); returns the
+    /// read_seq and unread count after the call.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        id: &str,
+        seq: u64,
+    ) -> TimelineResult<(u64, u64)> {
+        validate_conversation_id(id)?;
+        let Some(row) = self
+            .store
+            .get_user_conversation(&caller.user_id, id)
+            .await?
+        else {
+            self.require_member(&caller.user_id, id).await?;
+            return Err(not_a_member(id));
+        };
+        let row = self
+            .store
+            .advance_read_seq(&caller.user_id, id, seq.min(row.last_seq))
+            .await?
+            .ok_or_else(|| not_a_member(id))?;
+        Ok((row.read_seq, unread(&row)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let t = encode_page_token(42, "g:x/y");
+        assert_eq!(
+            decode_page_token(&t).unwrap(),
+            Some((42, "g:x/y".to_owned()))
+        );
+        assert_eq!(decode_page_token("").unwrap(), None);
+        assert!(decode_page_token("%%%").is_err());
+        assert!(decode_page_token(&URL_SAFE_NO_PAD.encode("nope")).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+use crate::cache::CacheError;
+use crate::store::StoreError;
+
+/// Errors of the domain pipeline; the API edge maps each to one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A concurrent request holds what this one needs (e.g. the same client_msg_id): retry.
+    #[error("{0}")]
+    Aborted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+pub type TimelineResult<T> = Result<T, TimelineError>;
+
+pub(crate) fn invalid(msg: impl Into<String>) -> TimelineError {
+    TimelineError::InvalidArgument(msg.into())
+}

@@ -1,0 +1,73 @@
+//! GetHistory (DESIGN §6): one conversation backwards by conv_seq, members only, nothing
+//! before the caller's joined_seq. Walks `(conversation_id, bucket)` partitions downwards.
+
+use super::error::TimelineResult;
+use super::ids::validate_conversation_id;
+use super::{Caller, Timeline, page_size};
+use crate::cache::SeqKey;
+use crate::store::{MessageRow, ReadOrder, SeqRange};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub messages: Vec<MessageRow>,
+    pub has_more: bool,
+    pub next_before_seq: u64,
+}
+
+impl Timeline {
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> TimelineResult<HistoryPage> {
+        validate_conversation_id(conversation_id)?;
+        let limit = page_size(
+            limit,
+            self.limits.history_default_limit,
+            self.limits.history_max_limit,
+        );
+        let (_, member) = self
+            .require_member(&caller.user_id, conversation_id)
+            .await?;
+        let lowest = member.joined_seq.max(1);
+        let highest = match before_seq {
+            0 => {
+                self.current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
+                    .await?
+            }
+            b => b - 1,
+        };
+        let mut messages = Vec::with_capacity(limit + 1);
+        if highest >= lowest {
+            let size = self.limits.bucket_size;
+            let mut bucket = self.bucket(highest);
+            loop {
+                let range = SeqRange {
+                    from: (bucket * size).max(lowest),
+                    to: (bucket * size + size - 1).min(highest),
+                };
+                let want = limit + 1 - messages.len();
+                let rows = self
+                    .store
+                    .read_messages(conversation_id, bucket, range, ReadOrder::Descending, want)
+                    .await?;
+                messages.extend(rows);
+                if messages.len() > limit || bucket == 0 || bucket * size <= lowest {
+                    break;
+                }
+                bucket -= 1;
+            }
+        }
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        let next_before_seq = messages.last().map_or(0, |m| m.conv_seq);
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            next_before_seq,
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! The domain pipeline, written once over the [`Store`] and [`Cache`] traits (DESIGN §5–§6).
+//!
+//! It assumes only what ScyllaDB and Redis promise: single-partition atomic writes, clustered
+//! range reads, atomic sequence allocation, and a cache whose state can vanish. The embedded
+//! backends run exactly this code.
+
+mod conversations;
+mod cursor;
+mod error;
+mod history;
+pub mod ids;
+mod send;
+mod sequencer;
+mod sync;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use conversations::{ConversationView, CreateConversation, ListPage, Summary};
+pub use cursor::Cursor;
+pub use error::{TimelineError, TimelineResult};
+pub use history::HistoryPage;
+pub use send::SendMessage;
+pub use sync::SyncPage;
+
+use crate::cache::Cache;
+use crate::store::Store;
+
+/// The authenticated caller, from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// Wall-clock milliseconds; a trait so that tests can move time.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// The limits and timings of the pipeline (from [`crate::config::Config`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub node_id: u16,
+    pub bucket_size: u64,
+    pub max_body_bytes: usize,
+    pub sync_default_limit: u32,
+    pub sync_max_limit: u32,
+    pub history_default_limit: u32,
+    pub history_max_limit: u32,
+    pub list_default_limit: u32,
+    pub list_max_limit: u32,
+    pub max_group_members: u32,
+    pub max_members_per_call: usize,
+    pub max_conversations_per_user: usize,
+    pub inbox_retention: Duration,
+    pub inbox_max_rows: u64,
+    pub gap_grace: Duration,
+    pub idempotency_ttl: Duration,
+    /// How long a send holds its client_msg_id claim before a retry may take over.
+    pub send_claim_lease: Duration,
+    /// Outbox entries older than this are re-driven by the recovery loop.
+    pub recovery_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            bucket_size: 4096,
+            max_body_bytes: 64 * 1024,
+            sync_default_limit: 100,
+            sync_max_limit: 500,
+            history_default_limit: 50,
+            history_max_limit: 200,
+            list_default_limit: 50,
+            list_max_limit: 200,
+            max_group_members: 100_000,
+            max_members_per_call: 1000,
+            max_conversations_per_user: 10_000,
+            inbox_retention: Duration::from_secs(14 * 24 * 3600),
+            inbox_max_rows: 10_000,
+            gap_grace: Duration::from_secs(3),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            send_claim_lease: Duration::from_secs(30),
+            recovery_age: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Timeline {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cache: Arc<dyn Cache>,
+    pub(crate) limits: Limits,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: ids::Snowflake,
+}
+
+impl Timeline {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<dyn Cache>,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            cache,
+            ids: ids::Snowflake::new(limits.node_id),
+            limits,
+            clock,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn bucket(&self, seq: u64) -> u64 {
+        seq / self.limits.bucket_size
+    }
+}
+
+/// Clamps a requested page size: 0 means the default.
+pub(crate) fn page_size(requested: u32, default: u32, max: u32) -> usize {
+    (if requested == 0 {
+        default
+    } else {
+        requested.min(max)
+    }) as usize
+}
+
+impl Timeline {
+    /// Succeeds when the store answers a read (readiness probe).
+    pub async fn store_ready(&self) -> TimelineResult<()> {
+        self.store.get_conversation("g:readiness-probe").await?;
+        Ok(())
+    }
+}

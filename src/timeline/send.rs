@@ -1,0 +1,397 @@
+//! The send path (DESIGN §5) and the re-drive of its outbox.
+//!
+//! Order matters for the guarantees:
+//! 1. idempotency: a known `(sender, client_msg_id)` answers with the first result;
+//! 2. message_id (local snowflake) and conv_seq (sequencer);
+//! 3. durable write: message row + outbox entry + idempotency record, atomically;
+//! 4. members are read *after* that write, so a concurrent join either is seen here or finds
+//!    the message in its backfill (see `add_members`);
+//! 5. fan-out: inbox rows, activity, clearing the outbox entry — one batched write;
+//! 6. ack. A crash anywhere after 3 leaves the outbox entry, which recovery re-drives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::error::{TimelineError, TimelineResult, invalid};
+use super::ids::{
+    MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
+};
+use super::{Caller, Timeline};
+use crate::cache::{SeqKey, SeqRequest};
+use crate::metrics;
+use crate::store::*;
+
+const DEFAULT_CONTENT_TYPE: &str = "text/plain";
+/// Members read per page while fanning out.
+const MEMBER_PAGE: usize = 1000;
+/// Outbox entries read per shard per recovery pass.
+const RECOVERY_BATCH: usize = 256;
+/// How often a send that found its client_msg_id claimed looks for the first one's result.
+const CLAIM_POLL: Duration = Duration::from_millis(25);
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendMessage {
+    pub conversation_id: String,
+    pub client_msg_id: String,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+impl Timeline {
+    pub async fn send(&self, caller: &Caller, req: SendMessage) -> TimelineResult<MessageRow> {
+        validate_conversation_id(&req.conversation_id)?;
+        validate_token("client_msg_id", &req.client_msg_id, MAX_CLIENT_MSG_ID_LEN)?;
+        validate_token("content_type", &req.content_type, MAX_CONTENT_TYPE_LEN)?;
+        if req.body.len() > self.limits.max_body_bytes {
+            return Err(invalid(format!(
+                "body is {} bytes, more than the limit of {}",
+                req.body.len(),
+                self.limits.max_body_bytes
+            )));
+        }
+        let conversation = self
+            .conversation_for_send(caller, &req.conversation_id)
+            .await?;
+        let idempotent = !req.client_msg_id.is_empty();
+        if idempotent {
+            if let Some(first) = self.replay(caller, &req).await? {
+                return Ok(first);
+            }
+        }
+
+        let now = self.clock.now_ms();
+        let message_id = self.ids.next(now);
+        if idempotent {
+            if let Some(first) = self.claim_client_msg_id(caller, &req, message_id).await? {
+                return Ok(first);
+            }
+        }
+
+        let conv_seq = self
+            .allocate(&[SeqRequest {
+                key: SeqKey::Conversation(conversation.conversation_id.clone()),
+                count: 1,
+            }])
+            .await?[0];
+        let message = MessageRow {
+            conversation_id: conversation.conversation_id.clone(),
+            conv_seq,
+            message_id,
+            sender_id: caller.user_id.clone(),
+            sender_device_id: caller.device_id.clone(),
+            client_msg_id: req.client_msg_id.clone(),
+            content_type: if req.content_type.is_empty() {
+                DEFAULT_CONTENT_TYPE.to_owned()
+            } else {
+                req.content_type
+            },
+            body: req.body,
+            created_at_ms: now,
+            kind: MessageKind::User,
+        };
+        let pending = PendingFanoutRow {
+            shard: pending_shard(message_id),
+            message_id,
+            conversation_id: message.conversation_id.clone(),
+            conv_seq,
+            created_at_ms: now,
+            inbox_allocation: Vec::new(),
+        };
+        let idempotency = idempotent.then(|| IdempotencyRow {
+            sender_id: caller.user_id.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            message_id,
+            conversation_id: message.conversation_id.clone(),
+            conv_seq,
+            created_at_ms: now,
+        });
+        self.store
+            .write_message(&MessageWrite {
+                message: message.clone(),
+                pending: Some(pending),
+                idempotency,
+            })
+            .await?;
+        self.fan_out(&message, &[]).await?;
+        ::metrics::counter!(metrics::MESSAGES_SENT, "mode" => "fanout").increment(1);
+        Ok(message)
+    }
+
+    /// The first result of this `(sender, client_msg_id)`, completing its fan-out if a crash
+    /// left it pending, so that the retry's ack means delivered just like the first's.
+    async fn replay(
+        &self,
+        caller: &Caller,
+        req: &SendMessage,
+    ) -> TimelineResult<Option<MessageRow>> {
+        let ttl = self.limits.idempotency_ttl.as_millis() as i64;
+        let Some(record) = self
+            .store
+            .get_idempotency(
+                &caller.user_id,
+                &req.client_msg_id,
+                self.clock.now_ms(),
+                ttl,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.conversation_id != req.conversation_id {
+            return Err(invalid(format!(
+                "client_msg_id {:?} was already used for conversation {}",
+                req.client_msg_id, record.conversation_id
+            )));
+        }
+        let message = self
+            .find_message(&record.conversation_id, record.conv_seq, record.message_id)
+            .await?
+            .ok_or_else(|| {
+                TimelineError::Store(StoreError::Corrupt(format!(
+                    "idempotency record points at missing message {}",
+                    record.message_id
+                )))
+            })?;
+        let shard = pending_shard(record.message_id);
+        if let Some(pending) = self.store.get_pending(shard, record.message_id).await? {
+            self.fan_out(&message, &pending.inbox_allocation).await?;
+            ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
+        }
+        ::metrics::counter!(metrics::IDEMPOTENT_REPLAYS).increment(1);
+        Ok(Some(message))
+    }
+
+    /// Takes the client_msg_id for this send so that concurrent duplicates cannot both create a
+    /// message. A duplicate that finds the claim held waits briefly for the first result.
+    async fn claim_client_msg_id(
+        &self,
+        caller: &Caller,
+        req: &SendMessage,
+        message_id: u64,
+    ) -> TimelineResult<Option<MessageRow>> {
+        let key = format!("send:{}:{}", caller.user_id, req.client_msg_id);
+        if self
+            .cache
+            .claim(&key, message_id, self.limits.send_claim_lease)
+            .await?
+            .is_none()
+        {
+            // The claim may have expired after a first send completed: the record decides.
+            return self.replay(caller, req).await;
+        }
+        let waited = tokio::time::Instant::now();
+        while waited.elapsed() < CLAIM_WAIT.min(self.limits.send_claim_lease) {
+            tokio::time::sleep(CLAIM_POLL).await;
+            if let Some(first) = self.replay(caller, req).await? {
+                return Ok(Some(first));
+            }
+        }
+        Err(TimelineError::Aborted(format!(
+            "a send with client_msg_id {:?} is still in progress; retry",
+            req.client_msg_id
+        )))
+    }
+
+    pub(crate) async fn find_message(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+        message_id: u64,
+    ) -> TimelineResult<Option<MessageRow>> {
+        let rows = self
+            .store
+            .read_messages(
+                conversation_id,
+                self.bucket(conv_seq),
+                SeqRange {
+                    from: conv_seq,
+                    to: conv_seq,
+                },
+                ReadOrder::Ascending,
+                16,
+            )
+            .await?;
+        Ok(rows.into_iter().find(|m| m.message_id == message_id))
+    }
+
+    /// Copies `message` into the inbox of every member entitled to it and clears its outbox
+    /// entry. `recorded` is an inbox allocation a previous attempt persisted: reusing it makes
+    /// the re-drive rewrite the same rows instead of adding duplicates.
+    pub(crate) async fn fan_out(
+        &self,
+        message: &MessageRow,
+        recorded: &[(String, u64)],
+    ) -> TimelineResult<usize> {
+        let allocation: Vec<(String, u64)> = if recorded.is_empty() {
+            let members = self.entitled_members(message).await?;
+            let requests: Vec<SeqRequest> = members
+                .iter()
+                .map(|u| SeqRequest {
+                    key: SeqKey::Inbox(u.clone()),
+                    count: 1,
+                })
+                .collect();
+            let seqs = self.allocate(&requests).await?;
+            members.into_iter().zip(seqs).collect()
+        } else {
+            recorded.to_vec()
+        };
+        self.write_inbox_rows(message, &allocation, true).await?;
+        ::metrics::histogram!(metrics::SEND_FANOUT_WIDTH).record(allocation.len() as f64);
+        Ok(allocation.len())
+    }
+
+    /// Writes `message` into the given inboxes with the matching activity updates, clearing the
+    /// outbox entry when `clear_pending`; then drops inbox buckets that fell out of retention.
+    pub(crate) async fn write_inbox_rows(
+        &self,
+        message: &MessageRow,
+        allocation: &[(String, u64)],
+        clear_pending: bool,
+    ) -> TimelineResult<()> {
+        let allocated_at_ms = self.clock.now_ms();
+        let inbox = allocation
+            .iter()
+            .map(|(user, seq)| InboxRow {
+                user_id: user.clone(),
+                inbox_seq: *seq,
+                allocated_at_ms,
+                message: message.clone(),
+            })
+            .collect();
+        let activity = allocation
+            .iter()
+            .map(|(user, seq)| ActivityUpdate {
+                user_id: user.clone(),
+                conversation_id: message.conversation_id.clone(),
+                last_seq: message.conv_seq,
+                last_message_id: message.message_id,
+                // Sending marks everything up to one's own message as read.
+                read_seq: (*user == message.sender_id).then_some(message.conv_seq),
+                inbox_seq: *seq,
+            })
+            .collect();
+        self.store
+            .write_fanout(&FanoutWrite {
+                inbox,
+                activity,
+                clear_pending: clear_pending
+                    .then(|| (pending_shard(message.message_id), message.message_id)),
+            })
+            .await?;
+        ::metrics::counter!(metrics::INBOX_ROWS_WRITTEN).increment(allocation.len() as u64);
+        for (user, seq) in allocation {
+            if let Some(bucket) =
+                droppable_bucket(*seq, self.limits.bucket_size, self.limits.inbox_max_rows)
+            {
+                self.store
+                    .drop_inbox_bucket(user, bucket, self.limits.bucket_size)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Members whose membership covers the message: joined at or before its conv_seq.
+    async fn entitled_members(&self, message: &MessageRow) -> TimelineResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_members(&message.conversation_id, after.as_deref(), MEMBER_PAGE)
+                .await?;
+            let done = page.len() < MEMBER_PAGE;
+            after = page.last().map(|m| m.user_id.clone());
+            out.extend(
+                page.into_iter()
+                    .filter(|m| m.joined_seq <= message.conv_seq)
+                    .map(|m| m.user_id),
+            );
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Re-drives every outbox entry created at or before `created_before_ms`; returns how many.
+    pub async fn recover_pending(&self, created_before_ms: i64) -> TimelineResult<usize> {
+        let mut redriven = 0;
+        for shard in 0..PENDING_SHARDS {
+            for entry in self.store.list_pending(shard, RECOVERY_BATCH).await? {
+                if entry.created_at_ms > created_before_ms {
+                    continue;
+                }
+                match self
+                    .find_message(&entry.conversation_id, entry.conv_seq, entry.message_id)
+                    .await?
+                {
+                    Some(message) => {
+                        self.fan_out(&message, &entry.inbox_allocation).await?;
+                    }
+                    // The entry is written with its message: without one there is nothing to
+                    // deliver, and keeping it would re-drive forever.
+                    None => self.store.delete_pending(shard, entry.message_id).await?,
+                }
+                ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "recovery")
+                    .increment(1);
+                redriven += 1;
+            }
+        }
+        Ok(redriven)
+    }
+
+    /// Runs [`Timeline::recover_pending`] every `interval` for entries older than
+    /// `recovery_age`, logging (not stopping on) failures.
+    pub fn spawn_recovery(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let timeline = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let cutoff =
+                    timeline.clock.now_ms() - timeline.limits.recovery_age.as_millis() as i64;
+                match timeline.recover_pending(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(redriven = n, "recovery re-drove pending fan-outs"),
+                    Err(e) => tracing::warn!(error = %e, "recovery pass failed"),
+                }
+            }
+        })
+    }
+}
+
+/// When an inbox's head enters a new bucket, the one bucket that just fell entirely below
+/// `head - inbox_max_rows`: retention drops a whole partition at a time, so an inbox keeps
+/// between `inbox_max_rows` and `inbox_max_rows + bucket_size` rows.
+fn droppable_bucket(head: u64, size: u64, max_rows: u64) -> Option<u64> {
+    if head == 0 || head % size != 0 {
+        return None;
+    }
+    let threshold = head.checked_sub(max_rows)?;
+    ((threshold + 1) / size).checked_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_drops_each_bucket_once_the_head_leaves_it_far_enough_behind() {
+        let dropped: Vec<(u64, u64)> = (1..=30_000u64)
+            .filter_map(|h| droppable_bucket(h, 4096, 10_000).map(|b| (h, b)))
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![(16384, 0), (20480, 1), (24576, 2), (28672, 3)]
+        );
+        for (head, bucket) in dropped {
+            // Everything dropped is below the rows to keep; at least inbox_max_rows remain.
+            assert!((bucket + 1) * 4096 - 1 <= head - 10_000);
+            assert!(head - (bucket + 1) * 4096 + 1 >= 10_000);
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Sequence allocation over the Cache, with the re-seed rule of DESIGN §3: a key whose state
+//! was lost is seeded from the Store's last persisted value (read once, then `SET NX`), never
+//! from zero, so no value at or below a persisted one is handed out again.
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::Timeline;
+use super::error::{TimelineError, TimelineResult};
+use crate::cache::{SeqKey, SeqRequest};
+use crate::metrics;
+
+/// Store reads in flight at once while re-seeding many keys (a large fan-out after a restart).
+const RESEED_CONCURRENCY: usize = 32;
+
+impl Timeline {
+    /// Allocates every request in one Cache round trip (two after a loss of state); returns the
+    /// first value of each range, in request order.
+    pub(crate) async fn allocate(&self, requests: &[SeqRequest]) -> TimelineResult<Vec<u64>> {
+        let first = self.cache.allocate(requests).await?;
+        let missing: Vec<usize> = (0..requests.len())
+            .filter(|&i| first[i].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(first.into_iter().flatten().collect());
+        }
+        let seeds: Vec<_> = missing
+            .iter()
+            .map(|&i| self.seed(&requests[i].key))
+            .collect();
+        stream::iter(seeds)
+            .buffer_unordered(RESEED_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let retry: Vec<SeqRequest> = missing.iter().map(|&i| requests[i].clone()).collect();
+        let second = self.cache.allocate(&retry).await?;
+        let mut out = first;
+        for (slot, value) in missing.into_iter().zip(second) {
+            out[slot] = Some(value.ok_or_else(|| {
+                TimelineError::Cache(crate::cache::CacheError::Unavailable(
+                    "sequencer lost its state again while re-seeding".into(),
+                ))
+            })?);
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// The key's last handed-out value, re-seeding it from the Store when the Cache lost it.
+    pub(crate) async fn current_seq(&self, key: &SeqKey) -> TimelineResult<u64> {
+        if let Some(v) = self.cache.current(key).await? {
+            return Ok(v);
+        }
+        self.seed(key).await?;
+        Ok(self.cache.current(key).await?.unwrap_or(0))
+    }
+
+    async fn seed(&self, key: &SeqKey) -> TimelineResult<()> {
+        let last = match key {
+            SeqKey::Conversation(c) => self.store.last_conv_seq(c).await?,
+            SeqKey::Inbox(u) => self.store.last_inbox_seq(u).await?,
+        };
+        self.cache.seed(key, last).await?;
+        ::metrics::counter!(metrics::SEQUENCER_RESEEDS).increment(1);
+        Ok(())
+    }
+}
