@@ -1,0 +1,137 @@
+//! Shared test support: an in-process server on an ephemeral port with a private data dir,
+//! authenticated gRPC clients, and the Store conformance suite.
+#![allow(dead_code)]
+
+pub mod store_suite;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+use timeline::api::Authenticator;
+use timeline::config::Config;
+use timeline::proto::timeline_service_client::TimelineServiceClient;
+use timeline::server::Node;
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+pub type Client = TimelineServiceClient<
+    InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub auth: Arc<Authenticator>,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server whose configuration `adjust` may change first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            jwt_secret: Some(SECRET.into()),
+            recovery_interval: timeline::config::HumanDuration(Duration::from_millis(200)),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let node = Node::build(&config).expect("node");
+        let auth = node.auth.clone();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let served_config = config.clone();
+        let task = tokio::spawn(async move {
+            node.serve(&served_config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Self {
+            addr,
+            auth,
+            config,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self, user: &str, device: &str) -> String {
+        self.auth
+            .mint(user, device, Duration::from_secs(3600), now_s())
+            .expect("token")
+    }
+
+    /// A gRPC client that sends `authorization` with a token for `user` on `device`.
+    pub async fn client(&self, user: &str, device: &str) -> Client {
+        let header = format!("Bearer {}", self.token(user, device));
+        client_with_header(&self.url(), Some(header)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A client sending `header` as `authorization` (or nothing).
+pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let value: Option<MetadataValue<_>> = header.map(|h| h.parse().expect("ascii header"));
+    let interceptor: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut req: tonic::Request<()>| {
+        if let Some(v) = &value {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    });
+    TimelineServiceClient::with_interceptor(channel, interceptor)
+}

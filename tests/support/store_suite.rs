@@ -1,0 +1,575 @@
+//! The `Store` conformance suite: every backend must pass these, through the trait only.
+//! Instantiate it with `store_conformance_suite!(factory)`, where `factory().await` returns
+//! `Some((store, guard))`: a fresh, empty store opened with `bucket_size = BUCKET` and whatever
+//! must live as long as it (a temp dir); or `None` when the backend is not available here, after
+//! saying so.
+
+use bytes::Bytes;
+use timeline::store::*;
+
+pub const BUCKET: u64 = 16;
+
+pub fn message(conversation_id: &str, conv_seq: u64, message_id: u64) -> MessageRow {
+    MessageRow {
+        conversation_id: conversation_id.into(),
+        conv_seq,
+        message_id,
+        sender_id: "alice".into(),
+        sender_device_id: "phone".into(),
+        client_msg_id: format!("c{message_id}"),
+        content_type: "text/plain".into(),
+        body: Bytes::from(format!("body {message_id}")),
+        created_at_ms: 1_700_000_000_000 + message_id as i64,
+        kind: MessageKind::User,
+    }
+}
+
+fn conversation(id: &str) -> ConversationRow {
+    ConversationRow {
+        conversation_id: id.into(),
+        kind: ConversationKind::Group,
+        title: "t".into(),
+        created_at_ms: 1,
+        created_by: "alice".into(),
+        member_count: 1,
+        mode: DeliveryMode::Fanout,
+        mode_since_seq: 1,
+    }
+}
+
+fn user_conversation(user: &str, conv: &str) -> UserConversationRow {
+    UserConversationRow {
+        user_id: user.into(),
+        conversation_id: conv.into(),
+        kind: ConversationKind::Group,
+        mode: DeliveryMode::Fanout,
+        last_message_id: 0,
+        last_seq: 0,
+        read_seq: 0,
+        joined_seq: 1,
+        joined_at_ms: 5,
+    }
+}
+
+fn inbox(user: &str, inbox_seq: u64, m: &MessageRow) -> InboxRow {
+    InboxRow {
+        user_id: user.into(),
+        inbox_seq,
+        allocated_at_ms: 7,
+        message: m.clone(),
+    }
+}
+
+async fn write_plain(store: &dyn Store, m: &MessageRow) {
+    store
+        .write_message(&MessageWrite {
+            message: m.clone(),
+            pending: None,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn conversations_insert_if_absent(store: &dyn Store) {
+    let row = conversation("g:one");
+    assert_eq!(
+        store.insert_conversation_if_absent(&row).await.unwrap(),
+        None
+    );
+    let other = ConversationRow {
+        title: "other".into(),
+        ..row.clone()
+    };
+    assert_eq!(
+        store.insert_conversation_if_absent(&other).await.unwrap(),
+        Some(row.clone())
+    );
+    assert_eq!(
+        store.get_conversation("g:one").await.unwrap(),
+        Some(row.clone())
+    );
+    assert_eq!(store.get_conversation("g:on").await.unwrap(), None);
+    store.set_member_count("g:one", 42).await.unwrap();
+    assert_eq!(
+        store
+            .get_conversation("g:one")
+            .await
+            .unwrap()
+            .unwrap()
+            .member_count,
+        42
+    );
+}
+
+pub async fn members_page_in_user_order_per_conversation(store: &dyn Store) {
+    for (conv, users) in [("g:a", vec!["u3", "u1", "u2", "u10"]), ("g:ab", vec!["x"])] {
+        for u in users {
+            store
+                .upsert_member(&MemberRow {
+                    conversation_id: conv.into(),
+                    user_id: u.into(),
+                    role: Role::Member,
+                    joined_seq: 1,
+                    joined_at_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let ids = |rows: Vec<MemberRow>| rows.into_iter().map(|m| m.user_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_members("g:a", None, 10).await.unwrap()),
+        ["u1", "u10", "u2", "u3"]
+    );
+    assert_eq!(
+        ids(store.list_members("g:a", None, 2).await.unwrap()),
+        ["u1", "u10"]
+    );
+    assert_eq!(
+        ids(store.list_members("g:a", Some("u10"), 10).await.unwrap()),
+        ["u2", "u3"]
+    );
+    assert_eq!(store.count_members("g:a").await.unwrap(), 4);
+    assert_eq!(store.count_members("g:ab").await.unwrap(), 1);
+    assert!(store.get_member("g:a", "u2").await.unwrap().is_some());
+    store.delete_member("g:a", "u2").await.unwrap();
+    assert!(store.get_member("g:a", "u2").await.unwrap().is_none());
+    assert_eq!(store.count_members("g:a").await.unwrap(), 3);
+}
+
+pub async fn user_conversations_read_state_only_moves_forward(store: &dyn Store) {
+    for conv in ["g:b", "g:a", "d:alice:bob"] {
+        store
+            .upsert_user_conversation(&user_conversation("alice", conv))
+            .await
+            .unwrap();
+    }
+    store
+        .upsert_user_conversation(&user_conversation("alice2", "g:z"))
+        .await
+        .unwrap();
+    let convs = |rows: Vec<UserConversationRow>| {
+        rows.into_iter()
+            .map(|r| r.conversation_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        convs(
+            store
+                .list_user_conversations("alice", None, 10)
+                .await
+                .unwrap()
+        ),
+        ["d:alice:bob", "g:a", "g:b"]
+    );
+    assert_eq!(
+        convs(
+            store
+                .list_user_conversations("alice", Some("g:a"), 10)
+                .await
+                .unwrap()
+        ),
+        ["g:b"]
+    );
+
+    let row = store
+        .advance_read_seq("alice", "g:a", 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.read_seq, 5);
+    let row = store
+        .advance_read_seq("alice", "g:a", 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.read_seq, 5, "read_seq never moves back");
+    assert_eq!(
+        store.advance_read_seq("alice", "g:nope", 3).await.unwrap(),
+        None
+    );
+    store
+        .delete_user_conversation("alice", "g:a")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_user_conversation("alice", "g:a").await.unwrap(),
+        None
+    );
+}
+
+pub async fn message_write_is_one_unit_with_outbox_and_idempotency(store: &dyn Store) {
+    let m = message("g:a", 1, 100);
+    let pending = PendingFanoutRow {
+        shard: pending_shard(100),
+        message_id: 100,
+        conversation_id: "g:a".into(),
+        conv_seq: 1,
+        created_at_ms: 10,
+        inbox_allocation: Vec::new(),
+    };
+    let idem = IdempotencyRow {
+        sender_id: "alice".into(),
+        client_msg_id: "c100".into(),
+        message_id: 100,
+        conversation_id: "g:a".into(),
+        conv_seq: 1,
+        created_at_ms: 10,
+    };
+    store
+        .write_message(&MessageWrite {
+            message: m.clone(),
+            pending: Some(pending.clone()),
+            idempotency: Some(idem.clone()),
+        })
+        .await
+        .unwrap();
+    let read = store
+        .read_messages(
+            "g:a",
+            0,
+            SeqRange { from: 1, to: 1 },
+            ReadOrder::Ascending,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read, vec![m]);
+    assert_eq!(
+        store.get_pending(pending.shard, 100).await.unwrap(),
+        Some(pending.clone())
+    );
+    assert_eq!(
+        store.list_pending(pending.shard, 10).await.unwrap(),
+        vec![pending.clone()]
+    );
+    assert_eq!(
+        store
+            .get_idempotency("alice", "c100", 20, 1000)
+            .await
+            .unwrap(),
+        Some(idem)
+    );
+    assert_eq!(
+        store
+            .get_idempotency("alice", "c100", 2000, 1000)
+            .await
+            .unwrap(),
+        None,
+        "TTL"
+    );
+    assert_eq!(
+        store
+            .get_idempotency("alice", "c10", 20, 1000)
+            .await
+            .unwrap(),
+        None
+    );
+    store.delete_pending(pending.shard, 100).await.unwrap();
+    assert_eq!(store.get_pending(pending.shard, 100).await.unwrap(), None);
+}
+
+pub async fn messages_read_by_range_in_both_orders(store: &dyn Store) {
+    for seq in 1..=40u64 {
+        write_plain(store, &message("g:a", seq, 1000 + seq)).await;
+    }
+    write_plain(store, &message("g:ab", 1, 5000)).await;
+    // Two messages may share a conv_seq after a sequencer reset: message_id orders them.
+    write_plain(store, &message("g:a", 20, 999)).await;
+
+    let seqs = |rows: Vec<MessageRow>| {
+        rows.iter()
+            .map(|m| (m.conv_seq, m.message_id))
+            .collect::<Vec<_>>()
+    };
+    let asc = store
+        .read_messages(
+            "g:a",
+            1,
+            SeqRange { from: 18, to: 21 },
+            ReadOrder::Ascending,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(asc),
+        [(18, 1018), (19, 1019), (20, 999), (20, 1020), (21, 1021)]
+    );
+    let desc = store
+        .read_messages(
+            "g:a",
+            1,
+            SeqRange { from: 16, to: 31 },
+            ReadOrder::Descending,
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(desc), [(31, 1031), (30, 1030), (29, 1029)]);
+    // A bucket holds only its own seqs.
+    let bucket0 = store
+        .read_messages(
+            "g:a",
+            0,
+            SeqRange { from: 0, to: 100 },
+            ReadOrder::Ascending,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bucket0.len(), 15);
+    assert!(
+        bucket0
+            .iter()
+            .all(|m| m.conversation_id == "g:a" && m.conv_seq < BUCKET)
+    );
+    assert_eq!(store.last_conv_seq("g:a").await.unwrap(), 40);
+    assert_eq!(store.last_conv_seq("g:ab").await.unwrap(), 1);
+    assert_eq!(store.last_conv_seq("g:none").await.unwrap(), 0);
+}
+
+pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn Store) {
+    store
+        .upsert_user_conversation(&user_conversation("bob", "g:a"))
+        .await
+        .unwrap();
+    store
+        .upsert_user_conversation(&user_conversation("alice", "g:a"))
+        .await
+        .unwrap();
+    let m5 = message("g:a", 5, 105);
+    let m4 = message("g:a", 4, 104);
+    let pending = PendingFanoutRow {
+        shard: pending_shard(105),
+        message_id: 105,
+        conversation_id: "g:a".into(),
+        conv_seq: 5,
+        created_at_ms: 1,
+        inbox_allocation: Vec::new(),
+    };
+    store
+        .write_message(&MessageWrite {
+            message: m5.clone(),
+            pending: Some(pending),
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let activity = |user: &str, m: &MessageRow, read: Option<u64>, inbox_seq| ActivityUpdate {
+        user_id: user.into(),
+        conversation_id: "g:a".into(),
+        last_seq: m.conv_seq,
+        last_message_id: m.message_id,
+        read_seq: read,
+        inbox_seq,
+    };
+    store
+        .write_fanout(&FanoutWrite {
+            inbox: vec![
+                inbox("bob", 1, &m5),
+                inbox("alice", 1, &m5),
+                inbox("carol", 1, &m5),
+            ],
+            activity: vec![
+                activity("bob", &m5, None, 1),
+                activity("alice", &m5, Some(5), 1),
+                // carol has no row (left): no row is created for her.
+                activity("carol", &m5, None, 1),
+            ],
+            clear_pending: Some((pending_shard(105), 105)),
+        })
+        .await
+        .unwrap();
+    // An older message fanned out later does not move last_seq back.
+    store
+        .write_fanout(&FanoutWrite {
+            inbox: vec![inbox("bob", 2, &m4)],
+            activity: vec![activity("bob", &m4, None, 2)],
+            clear_pending: None,
+        })
+        .await
+        .unwrap();
+    let bob = store
+        .get_user_conversation("bob", "g:a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (bob.last_seq, bob.last_message_id, bob.read_seq),
+        (5, 105, 0)
+    );
+    let alice = store
+        .get_user_conversation("alice", "g:a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((alice.last_seq, alice.read_seq), (5, 5));
+    let carol = store.get_user_conversation("carol", "g:a").await.unwrap();
+    assert!(
+        carol.is_none_or(|r| r.joined_seq == 0),
+        "no real row appears for carol"
+    );
+    assert_eq!(
+        store.get_pending(pending_shard(105), 105).await.unwrap(),
+        None
+    );
+    let rows = store
+        .read_inbox("bob", 0, InboxPosition::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.message.message_id)
+            .collect::<Vec<_>>(),
+        [105, 104]
+    );
+}
+
+pub async fn inbox_reads_after_a_position_per_user_and_bucket(store: &dyn Store) {
+    let mut rows = Vec::new();
+    for seq in 1..=40u64 {
+        rows.push(inbox("u1", seq, &message("d:u1:u2", seq, 2000 + seq)));
+    }
+    rows.push(inbox("u10", 1, &message("d:u10:u2", 1, 9000)));
+    // Same inbox_seq twice (sequencer reset): both kept, ordered by message_id.
+    rows.push(inbox("u1", 20, &message("d:u1:u2", 99, 1500)));
+    store
+        .write_fanout(&FanoutWrite {
+            inbox: rows,
+            activity: Vec::new(),
+            clear_pending: None,
+        })
+        .await
+        .unwrap();
+    let keys = |rows: Vec<InboxRow>| {
+        rows.iter()
+            .map(|r| (r.inbox_seq, r.message.message_id))
+            .collect::<Vec<_>>()
+    };
+
+    let first = store
+        .read_inbox("u1", 0, InboxPosition::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 15, "bucket 0 holds seqs 1..=15");
+    assert!(first.iter().all(|r| r.user_id == "u1"));
+    let after = InboxPosition {
+        inbox_seq: 19,
+        message_id: 2019,
+    };
+    assert_eq!(
+        keys(store.read_inbox("u1", 1, after, 3).await.unwrap()),
+        [(20, 1500), (20, 2020), (21, 2021)]
+    );
+    let mid = InboxPosition {
+        inbox_seq: 20,
+        message_id: 1500,
+    };
+    assert_eq!(
+        keys(store.read_inbox("u1", 1, mid, 1).await.unwrap()),
+        [(20, 2020)]
+    );
+    // A position in an earlier bucket reads the later bucket from its start.
+    assert_eq!(
+        keys(store.read_inbox("u1", 2, after, 1).await.unwrap()),
+        [(32, 2032)]
+    );
+    assert_eq!(store.last_inbox_seq("u1").await.unwrap(), 40);
+    assert_eq!(store.last_inbox_seq("u10").await.unwrap(), 1);
+    assert_eq!(store.last_inbox_seq("u100").await.unwrap(), 0);
+
+    assert_eq!(store.inbox_floor("u1").await.unwrap(), 0);
+    store.drop_inbox_bucket("u1", 0, BUCKET).await.unwrap();
+    store.drop_inbox_bucket("u1", 1, BUCKET).await.unwrap();
+    assert!(
+        store
+            .read_inbox("u1", 1, InboxPosition::default(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.inbox_floor("u1").await.unwrap(), 2 * BUCKET);
+    assert_eq!(
+        store
+            .read_inbox("u1", 2, InboxPosition::default(), 100)
+            .await
+            .unwrap()
+            .len(),
+        9
+    );
+    assert_eq!(
+        store.inbox_floor("u10").await.unwrap(),
+        0,
+        "other users keep theirs"
+    );
+    assert_eq!(
+        store
+            .read_inbox("u10", 0, InboxPosition::default(), 9)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn outbox_is_listed_per_shard(store: &dyn Store) {
+    for id in [16u64, 32, 17] {
+        let pending = PendingFanoutRow {
+            shard: pending_shard(id),
+            message_id: id,
+            conversation_id: "g:a".into(),
+            conv_seq: id,
+            created_at_ms: 1,
+            inbox_allocation: vec![("bob".into(), 3)],
+        };
+        store
+            .write_message(&MessageWrite {
+                message: message("g:a", id, id),
+                pending: Some(pending),
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+    let shard0: Vec<u64> = store
+        .list_pending(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.message_id)
+        .collect();
+    assert_eq!(shard0, [16, 32]);
+    assert_eq!(store.list_pending(0, 1).await.unwrap().len(), 1);
+    let shard1 = store.list_pending(1, 10).await.unwrap();
+    assert_eq!(shard1.len(), 1);
+    assert_eq!(shard1[0].inbox_allocation, vec![("bob".to_owned(), 3)]);
+}
+
+/// One `#[tokio::test]` per suite function, each on a fresh store from `$factory`.
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($factory:expr) => {
+        $crate::store_conformance_suite!(@tests $factory;
+            conversations_insert_if_absent,
+            members_page_in_user_order_per_conversation,
+            user_conversations_read_state_only_moves_forward,
+            message_write_is_one_unit_with_outbox_and_idempotency,
+            messages_read_by_range_in_both_orders,
+            fanout_writes_inbox_raises_activity_and_clears_outbox,
+            inbox_reads_after_a_position_per_user_and_bucket,
+            outbox_is_listed_per_shard,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                if let Some((store, _guard)) = $factory().await {
+                    support::store_suite::$name(&*store).await;
+                }
+            }
+        )*
+    };
+}
