@@ -82,7 +82,7 @@ impl fmt::Display for HumanDuration {
             ("m", 60_000),
             ("s", 1000),
         ] {
-            if ms >= size && ms % size == 0 {
+            if ms >= size && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -240,6 +240,9 @@ impl Config {
         if self.gap_grace.0.is_zero() {
             return fail("gap_grace must be positive".into());
         }
+        if self.inbox_retention.0 <= self.gap_grace.0 {
+            return fail("inbox_retention must be longer than gap_grace".into());
+        }
         if self.recovery_interval.0.is_zero() {
             return fail("recovery_interval must be positive".into());
         }
@@ -351,6 +354,7 @@ mod tests {
 
     /// Runs `f` in a private working directory and environment (figment's Jail), with
     /// `toml` as ./timeline.toml and `env` set.
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn load(toml: &str, env: &[(&str, &str)], overrides: Overrides) -> Result<Config, String> {
         let mut result = Err(String::new());
         figment::Jail::expect_with(|jail| {

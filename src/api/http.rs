@@ -28,7 +28,7 @@ enum Format {
     Json,
 }
 
-fn request_format(headers: &HeaderMap) -> Result<Format, Response> {
+fn request_format(headers: &HeaderMap) -> Result<Format, Box<Response>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -44,11 +44,13 @@ fn request_format(headers: &HeaderMap) -> Result<Format, Response> {
             Ok(Format::Protobuf)
         }
         JSON | "" => Ok(Format::Json),
-        other => Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content-type {other:?} is not supported: use {JSON} or {PROTOBUF}\n"),
-        )
-            .into_response()),
+        other => Err(Box::new(
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-type {other:?} is not supported: use {JSON} or {PROTOBUF}\n"),
+            )
+                .into_response(),
+        )),
     }
 }
 
@@ -90,7 +92,7 @@ where
 {
     let format = match request_format(&headers) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let decoded = match format {
         Format::Protobuf => Req::decode(body).map_err(|e| e.to_string()),
@@ -105,10 +107,9 @@ where
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        && let Ok(value) = value.parse()
     {
-        if let Ok(value) = value.parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
+        request.metadata_mut().insert("authorization", value);
     }
     match call(api, request).await {
         Ok(response) => {

@@ -268,10 +268,10 @@ impl Timeline {
         caller: &Caller,
         id: &str,
     ) -> TimelineResult<ConversationRow> {
-        if let Some(conversation) = self.store.get_conversation(id).await? {
-            if self.store.get_member(id, &caller.user_id).await?.is_some() {
-                return Ok(conversation);
-            }
+        if let Some(conversation) = self.store.get_conversation(id).await?
+            && self.store.get_member(id, &caller.user_id).await?.is_some()
+        {
+            return Ok(conversation);
         }
         if id.starts_with(DIRECT_PREFIX) {
             return Ok(self.ensure_direct(caller, id).await?.0);

@@ -15,7 +15,11 @@ const MAX_ENCODED_LEN: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
-    /// The last inbox row delivered; `inbox_seq == 0` means "from the oldest retained row".
+    /// No cursor at all (the empty string): start at the oldest retained row. An issued cursor
+    /// is never fresh, even at position 0, so that rows expiring while the device was away are
+    /// reported rather than skipped.
+    pub fresh: bool,
+    /// The last inbox row delivered.
     pub inbox: InboxPosition,
     /// When that row's inbox_seq was allocated (ms): rows after it are younger.
     pub position_time_ms: i64,
@@ -23,8 +27,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn is_start(&self) -> bool {
-        self.inbox.inbox_seq == 0
+    pub fn start() -> Self {
+        Self {
+            fresh: true,
+            ..Self::default()
+        }
     }
 
     pub fn encode(&self, user_id: &str) -> String {
@@ -42,7 +49,7 @@ impl Cursor {
     /// An empty string is the start cursor.
     pub fn decode(encoded: &str, user_id: &str) -> TimelineResult<Self> {
         if encoded.is_empty() {
-            return Ok(Self::default());
+            return Ok(Self::start());
         }
         if encoded.len() > MAX_ENCODED_LEN {
             return Err(invalid("cursor is too long"));
@@ -62,6 +69,7 @@ impl Cursor {
             return Err(invalid("cursor belongs to another user"));
         }
         Ok(Self {
+            fresh: false,
             inbox: InboxPosition {
                 inbox_seq: msg.inbox_seq,
                 message_id: msg.inbox_message_id,
@@ -87,6 +95,7 @@ mod tests {
     #[test]
     fn round_trips_for_its_user_only() {
         let c = Cursor {
+            fresh: false,
             inbox: InboxPosition {
                 inbox_seq: 42,
                 message_id: 7,
@@ -97,7 +106,9 @@ mod tests {
         let s = c.encode("alice");
         assert_eq!(Cursor::decode(&s, "alice").unwrap(), c);
         assert!(Cursor::decode(&s, "bob").is_err());
-        assert!(Cursor::decode("", "alice").unwrap().is_start());
+        assert!(Cursor::decode("", "alice").unwrap().fresh);
+        let issued_at_zero = Cursor::default().encode("alice");
+        assert!(!Cursor::decode(&issued_at_zero, "alice").unwrap().fresh);
     }
 
     #[test]

@@ -56,18 +56,16 @@ impl Timeline {
             .conversation_for_send(caller, &req.conversation_id)
             .await?;
         let idempotent = !req.client_msg_id.is_empty();
-        if idempotent {
-            if let Some(first) = self.replay(caller, &req).await? {
-                return Ok(first);
-            }
+        if idempotent && let Some(first) = self.replay(caller, &req).await? {
+            return Ok(first);
         }
 
         let now = self.clock.now_ms();
         let message_id = self.ids.next(now);
-        if idempotent {
-            if let Some(first) = self.claim_client_msg_id(caller, &req, message_id).await? {
-                return Ok(first);
-            }
+        if idempotent
+            && let Some(first) = self.claim_client_msg_id(caller, &req, message_id).await?
+        {
+            return Ok(first);
         }
 
         let conv_seq = self
@@ -368,7 +366,7 @@ impl Timeline {
 /// `head - inbox_max_rows`: retention drops a whole partition at a time, so an inbox keeps
 /// between `inbox_max_rows` and `inbox_max_rows + bucket_size` rows.
 fn droppable_bucket(head: u64, size: u64, max_rows: u64) -> Option<u64> {
-    if head == 0 || head % size != 0 {
+    if head == 0 || !head.is_multiple_of(size) {
         return None;
     }
     let threshold = head.checked_sub(max_rows)?;

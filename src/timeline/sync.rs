@@ -46,18 +46,15 @@ impl Timeline {
 
         // A cursor older than retention may point at rows that are gone: say so instead of
         // skipping them silently, and restart at the oldest retained row.
-        let expired = !cursor.is_start()
+        let expired = !cursor.fresh
             && (now - cursor.position_time_ms > retention_ms
                 || cursor.inbox.inbox_seq + 1 < self.store.inbox_floor(user).await?);
         if expired {
             ::metrics::counter!(metrics::SYNC_CURSOR_EXPIRED).increment(1);
             return Ok(SyncPage {
                 messages: Vec::new(),
-                next_cursor: Cursor {
-                    epoch,
-                    ..Cursor::default()
-                }
-                .encode(user),
+                // The empty cursor: start again at the oldest retained row.
+                next_cursor: String::new(),
                 has_more: head > 0,
                 pending: false,
                 cursor_expired: true,
@@ -66,7 +63,7 @@ impl Timeline {
 
         let mut position = cursor.inbox;
         let mut position_time_ms = cursor.position_time_ms;
-        if cursor.is_start() {
+        if cursor.fresh {
             // Begin at the oldest retained row: everything below the floor was dropped.
             let floor = self.store.inbox_floor(user).await?;
             if floor > 0 {
@@ -137,6 +134,7 @@ impl Timeline {
         }
         ::metrics::histogram!(metrics::SYNC_ITEMS).record(messages.len() as f64);
         let next = Cursor {
+            fresh: false,
             inbox: position,
             position_time_ms,
             epoch,

@@ -19,12 +19,11 @@ use tonic::transport::Channel;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
-pub type Client = TimelineServiceClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the `authorization` header to every call.
+pub type AuthInterceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+pub type Client = TimelineServiceClient<InterceptedService<Channel, AuthInterceptor>>;
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -125,9 +124,7 @@ pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
         .await
         .expect("connect");
     let value: Option<MetadataValue<_>> = header.map(|h| h.parse().expect("ascii header"));
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut req: tonic::Request<()>| {
+    let interceptor: AuthInterceptor = Box::new(move |mut req: tonic::Request<()>| {
         if let Some(v) = &value {
             req.metadata_mut().insert("authorization", v.clone());
         }
