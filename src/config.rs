@@ -410,8 +410,16 @@ mod tests {
         ] {
             let d: HumanDuration = text.parse().unwrap();
             assert_eq!(d.0.as_millis(), ms);
-            assert_eq!(d.to_string(), text);
+            assert_eq!(
+                d.to_string().parse::<HumanDuration>().unwrap(),
+                d,
+                "{text} round-trips"
+            );
         }
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
         assert!("3".parse::<HumanDuration>().is_err());
         assert!("s".parse::<HumanDuration>().is_err());
         assert!("99999999999999999999d".parse::<HumanDuration>().is_err());
