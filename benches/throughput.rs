@@ -12,7 +12,7 @@ use ::timeline::config::Config;
 use ::timeline::proto::timeline_service_client::TimelineServiceClient;
 use ::timeline::proto::*;
 use ::timeline::server::Node;
-use ::timeline::store::embedded::{Durability, EmbeddedStore};
+use ::timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
 use ::timeline::store::{FanoutWrite, InboxRow, MessageRow, MessageWrite, Store};
 use bytes::Bytes;
 use tonic::transport::Channel;
@@ -264,7 +264,11 @@ async fn run(settings: Settings) -> Vec<Outcome> {
 
     // The store alone: the durable write and a group fan-out write, as one send does them.
     let store_dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(store_dir.path(), Durability::Fsync, 4096).unwrap();
+    let store = EmbeddedStore::open(
+        store_dir.path(),
+        EmbeddedOptions::new(Durability::Fsync, 4096),
+    )
+    .unwrap();
     let members: Arc<Vec<String>> = Arc::new((0..settings.group_size).map(user).collect());
     outcomes.push(
         measure(

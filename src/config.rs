@@ -12,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::store::embedded::Durability;
+use crate::store::embedded::{Durability, EmbeddedOptions};
 use crate::timeline::Limits;
 use crate::timeline::ids::MAX_NODE_ID;
 
@@ -272,6 +272,15 @@ impl Config {
             idempotency_ttl: self.idempotency_ttl.0,
             recovery_age: self.recovery_age.0,
             ..Limits::default()
+        }
+    }
+
+    /// How to open the embedded store: its TTLs are the retention settings.
+    pub fn embedded_options(&self) -> EmbeddedOptions {
+        EmbeddedOptions {
+            inbox_ttl: Some(self.inbox_retention.0),
+            idempotency_ttl: Some(self.idempotency_ttl.0),
+            ..EmbeddedOptions::new(self.durability, self.bucket_size)
         }
     }
 

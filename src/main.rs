@@ -141,8 +141,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 StoreKind::Embedded => {
                     timeline::store::embedded::EmbeddedStore::open(
                         &config.data_dir,
-                        config.durability,
-                        config.bucket_size,
+                        config.embedded_options(),
                     )
                     .map_err(|e| e.to_string())?;
                     println!("embedded store ready in {}", config.data_dir.display());

@@ -48,8 +48,7 @@ impl Node {
         }
         let (store, embedded): (Arc<dyn Store>, _) = match config.store {
             StoreKind::Embedded => {
-                let s =
-                    EmbeddedStore::open(&config.data_dir, config.durability, config.bucket_size)?;
+                let s = EmbeddedStore::open(&config.data_dir, config.embedded_options())?;
                 (s.clone(), Some(s))
             }
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use timeline::cache::local::LocalCache;
-use timeline::store::embedded::{Durability, EmbeddedStore};
+use timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
 use timeline::store::*;
 use timeline::timeline::{Caller, CreateConversation, Limits, SendMessage, SystemClock, Timeline};
 
@@ -19,7 +19,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), Durability::Fsync, 4096).unwrap();
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, 4096)).unwrap();
     let timeline = Timeline::new(
         store.clone(),
         Arc::new(LocalCache::new()),

@@ -7,12 +7,13 @@ use std::any::Any;
 use std::sync::Arc;
 
 use support::store_suite::{BUCKET, message};
-use timeline::store::embedded::{Durability, EmbeddedStore};
+use timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
 use timeline::store::*;
 
 async fn embedded() -> Option<(Arc<dyn Store>, Box<dyn Any>)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path(), Durability::Fsync, BUCKET).expect("open");
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, BUCKET))
+        .expect("open");
     Some((store, Box::new(dir)))
 }
 
@@ -22,7 +23,9 @@ store_conformance_suite!(embedded);
 async fn embedded_data_survives_reopen_and_pins_its_bucket_size() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = EmbeddedStore::open(dir.path(), Durability::Fsync, BUCKET).unwrap();
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, BUCKET))
+                .unwrap();
         store
             .write_message(&MessageWrite {
                 message: message("g:a", 3, 33),
@@ -42,12 +45,12 @@ async fn embedded_data_survives_reopen_and_pins_its_bucket_size() {
 /// Opens again, waiting while the previous handle's writer thread still holds the lock.
 async fn reopen(dir: &std::path::Path, bucket: u64) -> StoreResult<Arc<EmbeddedStore>> {
     for _ in 0..50 {
-        match EmbeddedStore::open(dir, Durability::Fsync, bucket) {
+        match EmbeddedStore::open(dir, EmbeddedOptions::new(Durability::Fsync, bucket)) {
             Err(StoreError::Io(_)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await
             }
             other => return other,
         }
     }
-    EmbeddedStore::open(dir, Durability::Fsync, bucket)
+    EmbeddedStore::open(dir, EmbeddedOptions::new(Durability::Fsync, bucket))
 }

@@ -10,8 +10,12 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use fjall::compaction::filter::{
+    CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +31,29 @@ pub enum Durability {
     Fsync,
     /// Acknowledge once written to the OS; a machine crash may lose the last writes.
     Buffered,
+}
+
+/// How the embedded store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    pub durability: Durability,
+    /// Sequence values per bucket; checked against the data already written.
+    pub bucket_size: u64,
+    /// Inbox rows older than this are removed by compaction (the CQL table's TTL).
+    pub inbox_ttl: Option<Duration>,
+    /// Idempotency records older than this are removed by compaction.
+    pub idempotency_ttl: Option<Duration>,
+}
+
+impl EmbeddedOptions {
+    pub fn new(durability: Durability, bucket_size: u64) -> Self {
+        Self {
+            durability,
+            bucket_size,
+            inbox_ttl: None,
+            idempotency_ttl: None,
+        }
+    }
 }
 
 /// Bounded: a full queue is surfaced as `StoreError::Overloaded` rather than unbounded memory.
@@ -69,9 +96,30 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. `bucket_size` is checked against the one the data
     /// was written with: changing it would make every bucketed key unreadable.
-    pub fn open(dir: &Path, durability: Durability, bucket_size: u64) -> StoreResult<Arc<Self>> {
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> StoreResult<Arc<Self>> {
+        let EmbeddedOptions {
+            durability,
+            bucket_size,
+            inbox_ttl,
+            idempotency_ttl,
+        } = options;
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = Database::builder(dir.join("tables")).open().map_err(fj)?;
+        let db = Database::builder(dir.join("tables"))
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                let factory: Arc<dyn Factory> = match keyspace {
+                    "inbox" => Arc::new(ExpiryFactory::<InboxRow>::new(inbox_ttl?, |r| {
+                        r.allocated_at_ms
+                    })),
+                    "idempotency" => Arc::new(ExpiryFactory::<IdempotencyRow>::new(
+                        idempotency_ttl?,
+                        |r| r.created_at_ms,
+                    )),
+                    _ => return None,
+                };
+                Some(factory)
+            }))
+            .open()
+            .map_err(fj)?;
         let open = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(fj)
@@ -149,6 +197,55 @@ impl EmbeddedStore {
     /// Forces everything written so far to disk (used on shutdown).
     pub fn flush(&self) -> StoreResult<()> {
         self.db.persist(PersistMode::SyncAll).map_err(fj)
+    }
+}
+
+/// Drops rows older than a TTL while compacting, as ScyllaDB's TTL does: retention needs no
+/// sweep over the data. Reads filter by the same age, so what compaction has not reached yet
+/// is invisible already.
+struct ExpiryFactory<T> {
+    ttl_ms: i64,
+    written_at: fn(&T) -> i64,
+}
+
+impl<T> ExpiryFactory<T> {
+    fn new(ttl: Duration, written_at: fn(&T) -> i64) -> Self {
+        Self {
+            ttl_ms: ttl.as_millis() as i64,
+            written_at,
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Factory for ExpiryFactory<T> {
+    fn name(&self) -> &str {
+        "timeline-ttl"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Box::new(ExpiryFilter::<T> {
+            cutoff_ms: now_ms - self.ttl_ms,
+            written_at: self.written_at,
+        })
+    }
+}
+
+struct ExpiryFilter<T> {
+    cutoff_ms: i64,
+    written_at: fn(&T) -> i64,
+}
+
+impl<T: DeserializeOwned + Send> CompactionFilter for ExpiryFilter<T> {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> CompactionFilterResult {
+        let value = item.value()?;
+        // An undecodable row is kept: compaction is no place to lose data over a bug.
+        Ok(match decode::<T>(&value) {
+            Ok(row) if (self.written_at)(&row) < self.cutoff_ms => Verdict::Remove,
+            _ => Verdict::Keep,
+        })
     }
 }
 
@@ -705,6 +802,90 @@ mod tests {
         assert!(b < prefix_end(&key(&["u1"], &[])));
         assert!(other_user > prefix_end(&key(&["u1"], &[])) || other_user < key(&["u1"], &[]));
         assert_eq!(tail_u64(&b, 2), 10);
+    }
+
+    #[tokio::test]
+    async fn compaction_removes_rows_past_their_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions {
+            inbox_ttl: Some(Duration::from_secs(3600)),
+            idempotency_ttl: Some(Duration::from_secs(3600)),
+            ..EmbeddedOptions::new(Durability::Fsync, 16)
+        };
+        let store = EmbeddedStore::open(dir.path(), options).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let row = |seq: u64, allocated_at_ms: i64| InboxRow {
+            user_id: "u".into(),
+            inbox_seq: seq,
+            allocated_at_ms,
+            message: MessageRow {
+                conversation_id: "d:u:v".into(),
+                conv_seq: seq,
+                message_id: seq,
+                sender_id: "v".into(),
+                sender_device_id: "d".into(),
+                client_msg_id: String::new(),
+                content_type: "text/plain".into(),
+                body: bytes::Bytes::new(),
+                created_at_ms: allocated_at_ms,
+                kind: MessageKind::User,
+            },
+        };
+        let two_hours_ago = now - 2 * 3600 * 1000;
+        store
+            .write_fanout(&FanoutWrite {
+                inbox: vec![row(1, two_hours_ago), row(2, now)],
+                activity: Vec::new(),
+                clear_pending: None,
+            })
+            .await
+            .unwrap();
+        let idem = |id: &str, created_at_ms| IdempotencyRow {
+            sender_id: "u".into(),
+            client_msg_id: id.into(),
+            message_id: 1,
+            conversation_id: "d:u:v".into(),
+            conv_seq: 1,
+            created_at_ms,
+        };
+        for (id, at) in [("old", two_hours_ago), ("new", now)] {
+            let m = row(3, now).message;
+            store
+                .write_message(&MessageWrite {
+                    message: m,
+                    pending: None,
+                    idempotency: Some(idem(id, at)),
+                })
+                .await
+                .unwrap();
+        }
+        for ks in [&store.tables.inbox, &store.tables.idempotency] {
+            ks.rotate_memtable_and_wait().unwrap();
+            ks.major_compact().unwrap();
+        }
+        let left = store
+            .read_inbox("u", 0, InboxPosition::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(left.iter().map(|r| r.inbox_seq).collect::<Vec<_>>(), [2]);
+        let forever = i64::MAX / 2;
+        assert!(
+            store
+                .get_idempotency("u", "old", now, forever)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .get_idempotency("u", "new", now, forever)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
