@@ -19,4 +19,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-cargo test --locked --all-targets "$@"
+# Benchmarks in smoke mode first (short, keeps them compiling and working), then every test.
+cargo test --locked --benches
+cargo test --locked --lib --bins --tests "$@"
