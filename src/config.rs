@@ -189,14 +189,6 @@ impl Config {
     /// Loads the layers. `file` is the config file; without one, `timeline.toml` in the working
     /// directory is read when it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_from(file, overrides, Env::prefixed(ENV_PREFIX))
-    }
-
-    fn load_from(
-        file: Option<&Path>,
-        overrides: &Overrides,
-        env: Env,
-    ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) if !path.exists() => {
@@ -209,7 +201,7 @@ impl Config {
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
         let config: Config = figment
-            .merge(env)
+            .merge(Env::prefixed(ENV_PREFIX))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;

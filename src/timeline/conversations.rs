@@ -11,8 +11,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::error::{TimelineError, TimelineResult, invalid};
 use super::ids::*;
-use super::{Caller, Timeline, page_size};
-use crate::cache::{SeqKey, SeqRequest};
+use super::{Caller, Timeline, page_size, read_pages};
+use crate::cache::SeqKey;
 use crate::store::*;
 
 const MAX_TITLE_LEN: usize = 256;
@@ -324,12 +324,14 @@ impl Timeline {
         })
     }
 
-    pub async fn add_members(
+    /// What adding or removing members starts from: the validated users, the group, and the
+    /// caller's membership of it.
+    async fn membership_change(
         &self,
         caller: &Caller,
         id: &str,
         user_ids: &[String],
-    ) -> TimelineResult<(ConversationRow, Vec<MemberRow>)> {
+    ) -> TimelineResult<(BTreeSet<String>, ConversationRow, MemberRow)> {
         validate_conversation_id(id)?;
         let users = validate_members(user_ids, self.limits.max_members_per_call)?;
         let (conversation, me) = self.require_member(&caller.user_id, id).await?;
@@ -338,6 +340,16 @@ impl Timeline {
                 "a direct conversation has exactly its two users".into(),
             ));
         }
+        Ok((users, conversation, me))
+    }
+
+    pub async fn add_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        user_ids: &[String],
+    ) -> TimelineResult<(ConversationRow, Vec<MemberRow>)> {
+        let (users, conversation, me) = self.membership_change(caller, id, user_ids).await?;
         if me.role < Role::Admin {
             return Err(TimelineError::PermissionDenied(
                 "only the owner or an admin adds members".into(),
@@ -406,15 +418,7 @@ impl Timeline {
                 .read_messages(id, bucket, range, ReadOrder::Ascending, size as usize)
                 .await?;
             for message in messages {
-                let requests: Vec<SeqRequest> = users
-                    .iter()
-                    .map(|u| SeqRequest {
-                        key: SeqKey::Inbox(u.clone()),
-                        count: 1,
-                    })
-                    .collect();
-                let seqs = self.allocate(&requests).await?;
-                let allocation: Vec<(String, u64)> = users.iter().cloned().zip(seqs).collect();
+                let allocation = self.allocate_inboxes(users.iter().cloned()).await?;
                 self.write_inbox_rows(&message, &allocation, false).await?;
             }
             bucket += 1;
@@ -446,14 +450,7 @@ impl Timeline {
         id: &str,
         user_ids: &[String],
     ) -> TimelineResult<(ConversationRow, Vec<String>)> {
-        validate_conversation_id(id)?;
-        let users = validate_members(user_ids, self.limits.max_members_per_call)?;
-        let (conversation, me) = self.require_member(&caller.user_id, id).await?;
-        if conversation.kind == ConversationKind::Direct {
-            return Err(TimelineError::FailedPrecondition(
-                "a direct conversation has exactly its two users".into(),
-            ));
-        }
+        let (users, conversation, me) = self.membership_change(caller, id, user_ids).await?;
         let mut targets = Vec::new();
         for user in users {
             let Some(member) = self.store.get_member(id, &user).await? else {
@@ -491,20 +488,19 @@ impl Timeline {
             self.limits.list_max_limit,
         );
         let after = decode_page_token(page_token)?;
-        let mut rows = Vec::new();
-        let mut last: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_user_conversations(&caller.user_id, last.as_deref(), LIST_PAGE)
-                .await?;
-            let done = page.len() < LIST_PAGE;
-            last = page.last().map(|r| r.conversation_id.clone());
-            rows.extend(page.into_iter().filter(|r| r.joined_seq > 0));
-            if done || rows.len() >= self.limits.max_conversations_per_user {
-                break;
-            }
-        }
+        let mut rows = read_pages(
+            LIST_PAGE,
+            self.limits.max_conversations_per_user,
+            |after: Option<String>| async move {
+                self.store
+                    .list_user_conversations(&caller.user_id, after.as_deref(), LIST_PAGE)
+                    .await
+            },
+            |r| r.conversation_id.clone(),
+            // Partial rows (an activity raise racing a leave) are not memberships.
+            |r| r.joined_seq > 0,
+        )
+        .await?;
         // Newest activity first; the id breaks ties so that pages never overlap.
         rows.sort_by(|x, y| {
             activity_key(y)

@@ -136,6 +136,32 @@ impl Timeline {
     }
 }
 
+/// Reads a partition page by page (each page strictly after the last key of the previous one),
+/// keeping the rows `keep` accepts, until the partition ends or `cap` rows are kept.
+pub(crate) async fn read_pages<T, F, Fut>(
+    page_size: usize,
+    cap: usize,
+    mut fetch: F,
+    key: impl Fn(&T) -> String,
+    keep: impl Fn(&T) -> bool,
+) -> TimelineResult<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = crate::store::StoreResult<Vec<T>>>,
+{
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(after).await?;
+        let done = page.len() < page_size;
+        after = page.last().map(&key);
+        out.extend(page.into_iter().filter(|row| keep(row)));
+        if done || out.len() >= cap {
+            return Ok(out);
+        }
+    }
+}
+
 /// Clamps a requested page size: 0 means the default.
 pub(crate) fn page_size(requested: u32, default: u32, max: u32) -> usize {
     (if requested == 0 {

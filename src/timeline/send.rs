@@ -18,7 +18,7 @@ use super::error::{TimelineError, TimelineResult, invalid};
 use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
-use super::{Caller, Timeline};
+use super::{Caller, Timeline, read_pages};
 use crate::cache::{SeqKey, SeqRequest};
 use crate::metrics;
 use crate::store::*;
@@ -225,15 +225,7 @@ impl Timeline {
     ) -> TimelineResult<usize> {
         let allocation: Vec<(String, u64)> = if recorded.is_empty() {
             let members = self.entitled_members(message).await?;
-            let requests: Vec<SeqRequest> = members
-                .iter()
-                .map(|u| SeqRequest {
-                    key: SeqKey::Inbox(u.clone()),
-                    count: 1,
-                })
-                .collect();
-            let seqs = self.allocate(&requests).await?;
-            members.into_iter().zip(seqs).collect()
+            self.allocate_inboxes(members).await?
         } else {
             recorded.to_vec()
         };
@@ -295,24 +287,36 @@ impl Timeline {
 
     /// Members whose membership covers the message: joined at or before its conv_seq.
     async fn entitled_members(&self, message: &MessageRow) -> TimelineResult<Vec<String>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_members(&message.conversation_id, after.as_deref(), MEMBER_PAGE)
-                .await?;
-            let done = page.len() < MEMBER_PAGE;
-            after = page.last().map(|m| m.user_id.clone());
-            out.extend(
-                page.into_iter()
-                    .filter(|m| m.joined_seq <= message.conv_seq)
-                    .map(|m| m.user_id),
-            );
-            if done {
-                return Ok(out);
-            }
-        }
+        let members = read_pages(
+            MEMBER_PAGE,
+            usize::MAX,
+            |after: Option<String>| async move {
+                self.store
+                    .list_members(&message.conversation_id, after.as_deref(), MEMBER_PAGE)
+                    .await
+            },
+            |m| m.user_id.clone(),
+            |m| m.joined_seq <= message.conv_seq,
+        )
+        .await?;
+        Ok(members.into_iter().map(|m| m.user_id).collect())
+    }
+
+    /// One new inbox_seq for each user, in one sequencer round trip.
+    pub(crate) async fn allocate_inboxes(
+        &self,
+        users: impl IntoIterator<Item = String>,
+    ) -> TimelineResult<Vec<(String, u64)>> {
+        let users: Vec<String> = users.into_iter().collect();
+        let requests: Vec<SeqRequest> = users
+            .iter()
+            .map(|u| SeqRequest {
+                key: SeqKey::Inbox(u.clone()),
+                count: 1,
+            })
+            .collect();
+        let seqs = self.allocate(&requests).await?;
+        Ok(users.into_iter().zip(seqs).collect())
     }
 
     /// Re-drives every outbox entry created at or before `created_before_ms`; returns how many.
