@@ -22,6 +22,7 @@ pub fn message(m: MessageRow) -> proto::Message {
 }
 
 pub fn conversation(c: ConversationRow) -> proto::Conversation {
+    let (current_mode, mode_since_seq) = (c.mode(), c.mode_since_seq());
     proto::Conversation {
         conversation_id: c.conversation_id,
         kind: match c.kind {
@@ -32,11 +33,15 @@ pub fn conversation(c: ConversationRow) -> proto::Conversation {
         created_at_ms: c.created_at_ms,
         created_by: c.created_by,
         member_count: c.member_count,
-        mode: match c.mode {
-            DeliveryMode::Fanout => proto::DeliveryMode::Fanout,
-            DeliveryMode::Hot => proto::DeliveryMode::Hot,
-        } as i32,
-        mode_since_seq: c.mode_since_seq,
+        mode: mode(current_mode) as i32,
+        mode_since_seq,
+    }
+}
+
+pub fn mode(m: DeliveryMode) -> proto::DeliveryMode {
+    match m {
+        DeliveryMode::Fanout => proto::DeliveryMode::Fanout,
+        DeliveryMode::Hot => proto::DeliveryMode::Hot,
     }
 }
 

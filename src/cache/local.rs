@@ -1,7 +1,7 @@
 //! The in-process `Cache`: the default for one node. Its state dies with the process, which the
 //! pipeline handles exactly like a Redis restart without persistence.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,30 +10,57 @@ use async_trait::async_trait;
 use super::*;
 
 pub struct LocalCache {
-    epoch: u64,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
+    epoch: u64,
     seqs: HashMap<SeqKey, u64>,
     claims: HashMap<String, (u64, Instant)>,
     claims_since_sweep: usize,
+    hot: HashMap<String, Window>,
+    /// conversation -> last conv_seq allocation (ms).
+    active: HashMap<String, i64>,
+    verified: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// (conv_seq, message_id) -> encoded message: two messages may share a conv_seq after a
+    /// sequencer reset.
+    entries: BTreeMap<(u64, u64), Bytes>,
+    head: Option<HotHead>,
 }
 
 impl LocalCache {
     pub fn new() -> Self {
-        Self {
-            epoch: rand::random::<u64>() >> 1,
+        let cache = Self {
             state: Mutex::new(State::default()),
-        }
+        };
+        cache.state().epoch = new_epoch();
+        cache
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps half-updated (each operation
-        // is a single insert or lookup), so a poisoned lock is still safe to use.
+        // Every operation leaves the maps consistent before it can panic (single inserts and
+        // lookups), so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Loses every piece of state, as a Redis restart without persistence or a FLUSHALL does
+    /// (fault injection and tests).
+    pub fn lose_state(&self) {
+        let mut state = self.state();
+        *state = State {
+            epoch: new_epoch(),
+            ..State::default()
+        };
+    }
+}
+
+fn new_epoch() -> u64 {
+    rand::random::<u64>() >> 1
 }
 
 impl Default for LocalCache {
@@ -48,18 +75,25 @@ impl Cache for LocalCache {
         "local"
     }
 
-    async fn allocate(&self, requests: &[SeqRequest]) -> CacheResult<Vec<Option<u64>>> {
+    async fn allocate(
+        &self,
+        requests: &[SeqRequest],
+        now_ms: i64,
+    ) -> CacheResult<Vec<Option<u64>>> {
         let mut state = self.state();
-        Ok(requests
-            .iter()
-            .map(|r| {
-                state.seqs.get_mut(&r.key).map(|last| {
-                    let first = *last + 1;
-                    *last += r.count;
-                    first
-                })
-            })
-            .collect())
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            let first = state.seqs.get_mut(&r.key).map(|last| {
+                let first = *last + 1;
+                *last += r.count;
+                first
+            });
+            if let (Some(_), SeqKey::Conversation(c)) = (first, &r.key) {
+                state.active.insert(c.clone(), now_ms);
+            }
+            out.push(first);
+        }
+        Ok(out)
     }
 
     async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> {
@@ -90,7 +124,111 @@ impl Cache for LocalCache {
     }
 
     async fn epoch(&self) -> CacheResult<u64> {
-        Ok(self.epoch)
+        Ok(self.state().epoch)
+    }
+
+    async fn hot_append(
+        &self,
+        conversation_id: &str,
+        entry: HotEntry,
+        message_id: u64,
+        window: usize,
+        now_ms: i64,
+    ) -> CacheResult<()> {
+        let mut state = self.state();
+        let w = state.hot.entry(conversation_id.to_owned()).or_default();
+        w.entries
+            .insert((entry.conv_seq, message_id), entry.payload);
+        while w.entries.len() > window.max(1) {
+            w.entries.pop_first();
+        }
+        let newer = w.head.is_none_or(|h| entry.conv_seq >= h.last_seq);
+        let head = w.head.get_or_insert(HotHead {
+            last_seq: 0,
+            last_message_id: 0,
+            last_activity_ms: 0,
+        });
+        if newer {
+            head.last_seq = entry.conv_seq;
+            head.last_message_id = message_id;
+        }
+        head.last_activity_ms = head.last_activity_ms.max(now_ms);
+        Ok(())
+    }
+
+    async fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>> {
+        let state = self.state();
+        Ok(conversation_ids
+            .iter()
+            .map(|c| state.hot.get(c).and_then(|w| w.head))
+            .collect())
+    }
+
+    async fn hot_read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> CacheResult<Option<HotWindow>> {
+        let state = self.state();
+        let Some(w) = state.hot.get(conversation_id) else {
+            return Ok(None);
+        };
+        let Some(((low_seq, _), _)) = w.entries.first_key_value() else {
+            return Ok(None);
+        };
+        let entries = w
+            .entries
+            .range((after_seq + 1, 0)..)
+            .take(limit)
+            .map(|((conv_seq, _), payload)| HotEntry {
+                conv_seq: *conv_seq,
+                payload: payload.clone(),
+            })
+            .collect();
+        Ok(Some(HotWindow {
+            low_seq: *low_seq,
+            entries,
+        }))
+    }
+
+    async fn active_conversations(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> CacheResult<Vec<(String, i64)>> {
+        let state = self.state();
+        let mut out: Vec<(String, i64)> = state
+            .active
+            .iter()
+            .filter(|(_, at)| **at <= before_ms)
+            .map(|(c, at)| (c.clone(), *at))
+            .collect();
+        out.sort_by_key(|(c, at)| (*at, c.clone()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>> {
+        Ok(self.state().verified.get(conversation_id).copied())
+    }
+
+    async fn mark_verified(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+        allocated_at_ms: i64,
+    ) -> CacheResult<()> {
+        let mut state = self.state();
+        let v = state
+            .verified
+            .entry(conversation_id.to_owned())
+            .or_insert(0);
+        *v = (*v).max(seq);
+        if state.active.get(conversation_id) == Some(&allocated_at_ms) {
+            state.active.remove(conversation_id);
+        }
+        Ok(())
     }
 }
 
@@ -106,12 +244,14 @@ mod tests {
             key: key.clone(),
             count: 3,
         }];
-        assert_eq!(cache.allocate(&req).await.unwrap(), vec![None]);
+        assert_eq!(cache.allocate(&req, 0).await.unwrap(), vec![None]);
         cache.seed(&key, 10).await.unwrap();
         cache.seed(&key, 0).await.unwrap(); // NX: ignored
-        assert_eq!(cache.allocate(&req).await.unwrap(), vec![Some(11)]);
-        assert_eq!(cache.allocate(&req).await.unwrap(), vec![Some(14)]);
+        assert_eq!(cache.allocate(&req, 0).await.unwrap(), vec![Some(11)]);
+        assert_eq!(cache.allocate(&req, 0).await.unwrap(), vec![Some(14)]);
         assert_eq!(cache.current(&key).await.unwrap(), Some(16));
+        cache.lose_state();
+        assert_eq!(cache.current(&key).await.unwrap(), None);
     }
 
     #[tokio::test]

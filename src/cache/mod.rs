@@ -10,6 +10,7 @@ pub mod metered;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -37,6 +38,30 @@ pub struct SeqRequest {
     pub count: u64,
 }
 
+/// The newest state of a hot conversation's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotHead {
+    /// The highest conv_seq appended.
+    pub last_seq: u64,
+    pub last_message_id: u64,
+    pub last_activity_ms: i64,
+}
+
+/// One message of a hot window: its conv_seq and its encoded row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotEntry {
+    pub conv_seq: u64,
+    pub payload: Bytes,
+}
+
+/// Entries of a hot window after some position, and the lowest conv_seq the window holds: a
+/// position below it is not covered and must be read from the Store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotWindow {
+    pub low_seq: u64,
+    pub entries: Vec<HotEntry>,
+}
+
 #[async_trait]
 pub trait Cache: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
@@ -44,7 +69,10 @@ pub trait Cache: Send + Sync + 'static {
     /// Allocates every request in one round trip. For each request, the first value of its
     /// range, or `None` when the key has no state (never seeded, or lost): nothing was
     /// allocated for it, and the caller seeds it from the Store before asking again.
-    async fn allocate(&self, requests: &[SeqRequest]) -> CacheResult<Vec<Option<u64>>>;
+    /// Allocating a conv_seq also records the conversation as active at `now_ms` (same round
+    /// trip), for the sweeper that fills abandoned seqs.
+    async fn allocate(&self, requests: &[SeqRequest], now_ms: i64)
+    -> CacheResult<Vec<Option<u64>>>;
     /// Sets the key's last handed-out value unless it already has one (`SET NX`).
     async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()>;
     /// The key's last handed-out value, if it has state.
@@ -54,4 +82,42 @@ pub trait Cache: Send + Sync + 'static {
     async fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>>;
     /// Changes whenever the sequencer state was lost and rebuilt.
     async fn epoch(&self) -> CacheResult<u64>;
+
+    /// Atomically adds a message to a hot conversation's window (score = conv_seq), trims the
+    /// window to its newest `window` entries, and raises the head (last seq, last activity).
+    async fn hot_append(
+        &self,
+        conversation_id: &str,
+        entry: HotEntry,
+        message_id: u64,
+        window: usize,
+        now_ms: i64,
+    ) -> CacheResult<()>;
+    /// The heads of many hot conversations in one round trip (`None`: no window state).
+    async fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>>;
+    /// Up to `limit` entries with conv_seq > `after_seq`, ascending (`None`: no window state).
+    async fn hot_read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> CacheResult<Option<HotWindow>>;
+
+    /// Conversations whose last conv_seq allocation happened at or before `before_ms`, with
+    /// that time, oldest first.
+    async fn active_conversations(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> CacheResult<Vec<(String, i64)>>;
+    /// Up to which conv_seq the sweeper has verified the conversation.
+    async fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>>;
+    /// Records the verified position, and drops the conversation from the active set unless
+    /// it allocated again after `allocated_at_ms`.
+    async fn mark_verified(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+        allocated_at_ms: i64,
+    ) -> CacheResult<()>;
 }

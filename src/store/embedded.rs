@@ -78,6 +78,7 @@ enum Outcome {
     Done,
     Conversation(Option<ConversationRow>),
     UserConversation(Option<UserConversationRow>),
+    Messages(Vec<MessageRow>),
 }
 
 type WriteFn = Box<dyn FnOnce(&Tables, &mut OwnedWriteBatch) -> StoreResult<Outcome> + Send>;
@@ -455,6 +456,48 @@ impl Store for EmbeddedStore {
         .map(drop)
     }
 
+    async fn update_conversation_mode(
+        &self,
+        id: &str,
+        spans: &[ModeSpan],
+        forced: bool,
+        changed_at_ms: i64,
+    ) -> StoreResult<()> {
+        let id = id.to_owned();
+        let spans = spans.to_vec();
+        self.write(Box::new(move |t, batch| {
+            if let Some(mut row) = get::<ConversationRow>(&t.conversations, id.as_bytes())? {
+                row.mode_spans = spans;
+                row.mode_forced = forced;
+                row.mode_changed_at_ms = changed_at_ms;
+                batch.insert(&t.conversations, id.as_bytes(), encode(&row)?);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn raise_user_conversation_mode(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        mode: DeliveryMode,
+    ) -> StoreResult<()> {
+        let k = user_conversation_key(user_id, conversation_id);
+        self.write(Box::new(move |t, batch| {
+            if let Some(mut row) = get::<UserConversationRow>(&t.user_conversations, &k)?
+                && mode > row.mode
+            {
+                row.mode = mode;
+                batch.insert(&t.user_conversations, k, encode(&row)?);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
     async fn upsert_member(&self, row: &MemberRow) -> StoreResult<()> {
         let k = key_with_suffix(&row.conversation_id, &row.user_id);
         let v = encode(row)?;
@@ -511,9 +554,12 @@ impl Store for EmbeddedStore {
 
     async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()> {
         let k = user_conversation_key(&row.user_id, &row.conversation_id);
-        let v = encode(row)?;
+        let mut row = row.clone();
         self.write(Box::new(move |t, batch| {
-            batch.insert(&t.user_conversations, k, v);
+            if let Some(existing) = get::<UserConversationRow>(&t.user_conversations, &k)? {
+                row.mode = row.mode.max(existing.mode);
+            }
+            batch.insert(&t.user_conversations, k, encode(&row)?);
             Ok(Outcome::Done)
         }))
         .await
@@ -637,6 +683,28 @@ impl Store for EmbeddedStore {
             }
         })
         .await
+    }
+
+    async fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>> {
+        let hole = hole.clone();
+        let outcome = self
+            .write(Box::new(move |t, batch| {
+                let bucket_size = bucket_size_of(t)?;
+                let slot = key(
+                    &[&hole.conversation_id],
+                    &[hole.conv_seq / bucket_size, hole.conv_seq],
+                );
+                let present: Vec<MessageRow> = scan_values(t.messages.prefix(slot), 16)?;
+                if present.is_empty() {
+                    batch.insert(&t.messages, message_key(&hole, bucket_size), encode(&hole)?);
+                }
+                Ok(Outcome::Messages(present))
+            }))
+            .await?;
+        match outcome {
+            Outcome::Messages(rows) => Ok(rows),
+            _ => Err(StoreError::Corrupt("unexpected writer outcome".into())),
+        }
     }
 
     async fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64> {

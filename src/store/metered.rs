@@ -19,7 +19,10 @@ timed_decorator! {
     Store, MeteredStore, "store";
     fn insert_conversation_if_absent(&self, row: &ConversationRow) -> StoreResult<Option<ConversationRow>>;
     fn get_conversation(&self, conversation_id: &str) -> StoreResult<Option<ConversationRow>>;
-    fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+        fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+    fn update_conversation_mode(&self, conversation_id: &str, spans: &[ModeSpan], forced: bool, changed_at_ms: i64) -> StoreResult<()>;
+    fn raise_user_conversation_mode(&self, user_id: &str, conversation_id: &str, mode: DeliveryMode) -> StoreResult<()>;
+    fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>>;
     fn upsert_member(&self, row: &MemberRow) -> StoreResult<()>;
     fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
     fn get_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<Option<MemberRow>>;

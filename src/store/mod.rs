@@ -52,6 +52,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_conversation(&self, conversation_id: &str)
     -> StoreResult<Option<ConversationRow>>;
     async fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+    /// Replaces the mode history (`UPDATE conversations SET mode_spans = ?, ...`).
+    async fn update_conversation_mode(
+        &self,
+        conversation_id: &str,
+        spans: &[ModeSpan],
+        forced: bool,
+        changed_at_ms: i64,
+    ) -> StoreResult<()>;
 
     // --- members -----------------------------------------------------------------------------
 
@@ -73,7 +81,16 @@ pub trait Store: Send + Sync + 'static {
 
     // --- user_conversations -----------------------------------------------------------------
 
+    /// Writes the row; its `mode` never goes down (an existing `Hot` stays: on ScyllaDB the
+    /// column is written only when `Hot`).
     async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()>;
+    /// Raises `mode` of an existing row (no row: nothing happens).
+    async fn raise_user_conversation_mode(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        mode: DeliveryMode,
+    ) -> StoreResult<()>;
     async fn delete_user_conversation(
         &self,
         user_id: &str,
@@ -114,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
         order: ReadOrder,
         limit: usize,
     ) -> StoreResult<Vec<MessageRow>>;
+    /// Writes the hole unless a row already occupies its conv_seq; returns the rows found there
+    /// (empty: the hole was written). Not atomic against a writer of that very seq: a late
+    /// writer's row may land beside the hole, and that writer then rewrites under a fresh seq.
+    async fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>>;
     /// The highest conv_seq written for the conversation (0 if none): read once when the
     /// sequencer has lost its state.
     async fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;

@@ -158,8 +158,9 @@ impl Timeline {
             created_at_ms: now,
             created_by: caller.user_id.clone(),
             member_count: (members.len() + 1) as u32,
-            mode: DeliveryMode::Fanout,
-            mode_since_seq: 1,
+            mode_spans: ConversationRow::initial_spans(),
+            mode_forced: false,
+            mode_changed_at_ms: now,
         };
         match self.store.insert_conversation_if_absent(&row).await? {
             None => {
@@ -204,8 +205,9 @@ impl Timeline {
             created_at_ms: self.clock.now_ms(),
             created_by: caller.user_id.clone(),
             member_count: 2,
-            mode: DeliveryMode::Fanout,
-            mode_since_seq: 1,
+            mode_spans: ConversationRow::initial_spans(),
+            mode_forced: false,
+            mode_changed_at_ms: self.clock.now_ms(),
         };
         let existing = self.store.insert_conversation_if_absent(&row).await?;
         let created = existing.is_none();
@@ -228,38 +230,55 @@ impl Timeline {
         joined_seq: u64,
     ) -> TimelineResult<Vec<MemberRow>> {
         let now = self.clock.now_ms();
-        let joins: Vec<_> = users
+        let id = &conversation.conversation_id;
+        let members: Vec<MemberRow> = users
             .into_iter()
-            .map(|(user_id, role)| async move {
-                let member = MemberRow {
-                    conversation_id: conversation.conversation_id.clone(),
-                    user_id: user_id.clone(),
-                    role,
-                    joined_seq,
-                    joined_at_ms: now,
-                };
-                self.store.upsert_member(&member).await?;
-                self.store
-                    .upsert_user_conversation(&UserConversationRow {
-                        user_id,
-                        conversation_id: conversation.conversation_id.clone(),
-                        kind: conversation.kind,
-                        mode: conversation.mode,
-                        last_message_id: 0,
-                        // Nothing before the join is unread.
-                        last_seq: joined_seq - 1,
-                        read_seq: joined_seq - 1,
-                        joined_seq,
-                        joined_at_ms: now,
-                    })
-                    .await?;
-                Ok::<_, TimelineError>(member)
+            .map(|(user_id, role)| MemberRow {
+                conversation_id: id.clone(),
+                user_id,
+                role,
+                joined_seq,
+                joined_at_ms: now,
             })
             .collect();
-        stream::iter(joins)
+        let writes: Vec<_> = members
+            .iter()
+            .map(|m| self.store.upsert_member(m))
+            .collect();
+        stream::iter(writes)
             .buffer_unordered(JOIN_CONCURRENCY)
-            .try_collect()
-            .await
+            .try_collect::<Vec<()>>()
+            .await?;
+        // The mode is read after the member rows exist: a concurrent switch to hot either is
+        // seen here, or its flagging pass (which lists members after publishing) sees them.
+        let mode = match self.store.get_conversation(id).await? {
+            Some(c) if c.ever_hot() => DeliveryMode::Hot,
+            _ => DeliveryMode::Fanout,
+        };
+        let rows: Vec<UserConversationRow> = members
+            .iter()
+            .map(|m| UserConversationRow {
+                user_id: m.user_id.clone(),
+                conversation_id: id.clone(),
+                kind: conversation.kind,
+                mode,
+                last_message_id: 0,
+                // Nothing before the join is unread.
+                last_seq: joined_seq - 1,
+                read_seq: joined_seq - 1,
+                joined_seq,
+                joined_at_ms: now,
+            })
+            .collect();
+        let writes: Vec<_> = rows
+            .iter()
+            .map(|r| self.store.upsert_user_conversation(r))
+            .collect();
+        stream::iter(writes)
+            .buffer_unordered(JOIN_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(members)
     }
 
     /// The conversation a send goes to, creating a direct chat on first use.

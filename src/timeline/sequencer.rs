@@ -16,7 +16,7 @@ impl Timeline {
     /// Allocates every request in one Cache round trip (two after a loss of state); returns the
     /// first value of each range, in request order.
     pub(crate) async fn allocate(&self, requests: &[SeqRequest]) -> TimelineResult<Vec<u64>> {
-        let first = self.cache.allocate(requests).await?;
+        let first = self.cache.allocate(requests, self.clock.now_ms()).await?;
         let missing: Vec<usize> = (0..requests.len())
             .filter(|&i| first[i].is_none())
             .collect();
@@ -32,7 +32,7 @@ impl Timeline {
             .try_collect::<Vec<()>>()
             .await?;
         let retry: Vec<SeqRequest> = missing.iter().map(|&i| requests[i].clone()).collect();
-        let second = self.cache.allocate(&retry).await?;
+        let second = self.cache.allocate(&retry, self.clock.now_ms()).await?;
         let mut out = first;
         for (slot, value) in missing.into_iter().zip(second) {
             out[slot] = Some(value.ok_or_else(|| {

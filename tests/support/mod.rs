@@ -2,6 +2,7 @@
 //! authenticated gRPC clients, and the Store conformance suite.
 #![allow(dead_code)]
 
+pub mod cache_suite;
 pub mod store_suite;
 
 use std::sync::Arc;

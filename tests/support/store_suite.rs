@@ -32,8 +32,9 @@ fn conversation(id: &str) -> ConversationRow {
         created_at_ms: 1,
         created_by: "alice".into(),
         member_count: 1,
-        mode: DeliveryMode::Fanout,
-        mode_since_seq: 1,
+        mode_spans: ConversationRow::initial_spans(),
+        mode_forced: false,
+        mode_changed_at_ms: 1,
     }
 }
 
@@ -547,6 +548,123 @@ pub async fn outbox_is_listed_per_shard(store: &dyn Store) {
     assert_eq!(shard1[0].inbox_allocation, vec![("bob".to_owned(), 3)]);
 }
 
+pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &dyn Store) {
+    store
+        .insert_conversation_if_absent(&conversation("g:m"))
+        .await
+        .unwrap();
+    let spans = vec![
+        ModeSpan {
+            since_seq: 1,
+            mode: DeliveryMode::Fanout,
+        },
+        ModeSpan {
+            since_seq: 9,
+            mode: DeliveryMode::Hot,
+        },
+    ];
+    store
+        .update_conversation_mode("g:m", &spans, true, 77)
+        .await
+        .unwrap();
+    let row = store.get_conversation("g:m").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.mode_spans.clone(),
+            row.mode_forced,
+            row.mode_changed_at_ms
+        ),
+        (spans, true, 77)
+    );
+    assert_eq!(
+        (
+            row.mode(),
+            row.mode_since_seq(),
+            row.mode_at(8),
+            row.mode_at(9)
+        ),
+        (
+            DeliveryMode::Hot,
+            9,
+            DeliveryMode::Fanout,
+            DeliveryMode::Hot
+        )
+    );
+
+    store
+        .upsert_user_conversation(&user_conversation("alice", "g:m"))
+        .await
+        .unwrap();
+    store
+        .raise_user_conversation_mode("alice", "g:m", DeliveryMode::Hot)
+        .await
+        .unwrap();
+    store
+        .raise_user_conversation_mode("alice", "g:m", DeliveryMode::Fanout)
+        .await
+        .unwrap();
+    store
+        .raise_user_conversation_mode("nobody", "g:m", DeliveryMode::Hot)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_user_conversation("nobody", "g:m")
+            .await
+            .unwrap()
+            .is_none_or(|r| r.joined_seq == 0)
+    );
+    // A later full write (a re-join, say) does not lower it either.
+    store
+        .upsert_user_conversation(&user_conversation("alice", "g:m"))
+        .await
+        .unwrap();
+    let alice = store
+        .get_user_conversation("alice", "g:m")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.mode, DeliveryMode::Hot);
+
+    write_plain(store, &message("g:m", 3, 33)).await;
+    let taken = store
+        .insert_hole_if_slot_empty(&hole_message("g:m", 3, 1))
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|m| m.message_id).collect::<Vec<_>>(), [33]);
+    let hole = hole_message("g:m", 4, 1);
+    assert!(
+        store
+            .insert_hole_if_slot_empty(&hole)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.insert_hole_if_slot_empty(&hole).await.unwrap(),
+        vec![hole.clone()]
+    );
+    let rows = store
+        .read_messages(
+            "g:m",
+            0,
+            SeqRange { from: 3, to: 4 },
+            ReadOrder::Ascending,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|m| (m.conv_seq, m.kind))
+            .collect::<Vec<_>>(),
+        [(3, MessageKind::User), (4, MessageKind::Hole)]
+    );
+    assert_eq!(hole_message_id("g:m", 4), hole.message_id);
+    assert_ne!(hole_message_id("g:m", 4), hole_message_id("g:m", 5));
+    assert!(hole.message_id >> 63 == 1, "never a snowflake");
+}
+
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$factory`.
 #[macro_export]
 macro_rules! store_conformance_suite {
@@ -560,6 +678,7 @@ macro_rules! store_conformance_suite {
             fanout_writes_inbox_raises_activity_and_clears_outbox,
             inbox_reads_after_a_position_per_user_and_bucket,
             outbox_is_listed_per_shard,
+            modes_only_rise_for_users_and_holes_fill_only_empty_slots,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -1,0 +1,211 @@
+//! The `Cache` conformance suite: every backend must pass these, through the trait only.
+//! Instantiate it with `cache_conformance_suite!(factory)`, where `factory().await` returns
+//! `Some((cache, guard))` for a fresh, empty cache, or `None` (after saying why) when the
+//! backend is not available.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use timeline::cache::*;
+
+fn entry(seq: u64) -> HotEntry {
+    HotEntry {
+        conv_seq: seq,
+        payload: Bytes::from(format!("m{seq}")),
+    }
+}
+
+pub async fn sequences_allocate_ranges_for_many_keys_after_seeding(cache: &dyn Cache) {
+    let conv = SeqKey::Conversation("g:a".into());
+    let inbox = SeqKey::Inbox("u".into());
+    let reqs = [
+        SeqRequest {
+            key: conv.clone(),
+            count: 1,
+        },
+        SeqRequest {
+            key: inbox.clone(),
+            count: 5,
+        },
+    ];
+    assert_eq!(
+        cache.allocate(&reqs, 1).await.unwrap(),
+        vec![None, None],
+        "unseeded: nothing"
+    );
+    cache.seed(&conv, 41).await.unwrap();
+    assert_eq!(
+        cache.allocate(&reqs, 1).await.unwrap(),
+        vec![Some(42), None]
+    );
+    cache.seed(&inbox, 0).await.unwrap();
+    cache.seed(&inbox, 99).await.unwrap(); // NX: the first seed stays
+    assert_eq!(
+        cache.allocate(&reqs, 1).await.unwrap(),
+        vec![Some(43), Some(1)]
+    );
+    assert_eq!(
+        cache.allocate(&reqs, 1).await.unwrap(),
+        vec![Some(44), Some(6)]
+    );
+    assert_eq!(cache.current(&inbox).await.unwrap(), Some(10));
+    assert_eq!(
+        cache.current(&SeqKey::Inbox("v".into())).await.unwrap(),
+        None
+    );
+    let epoch = cache.epoch().await.unwrap();
+    assert_eq!(
+        cache.epoch().await.unwrap(),
+        epoch,
+        "stable while state lives"
+    );
+}
+
+pub async fn claims_are_exclusive_until_they_expire(cache: &dyn Cache) {
+    assert_eq!(
+        cache
+            .claim("k", 1, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        cache
+            .claim("k", 2, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        cache
+            .claim("other", 3, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        cache
+            .claim("k", 4, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cache) {
+    assert_eq!(cache.hot_read("g:h", 0, 10).await.unwrap(), None);
+    for seq in 1..=7u64 {
+        cache
+            .hot_append("g:h", entry(seq), 100 + seq, 5, 1000 + seq as i64)
+            .await
+            .unwrap();
+    }
+    // Out of order and a second message at one seq (after a sequencer reset): both kept.
+    cache
+        .hot_append("g:h", entry(6), 999, 5, 2000)
+        .await
+        .unwrap();
+    let window = cache.hot_read("g:h", 0, 100).await.unwrap().unwrap();
+    let seqs: Vec<u64> = window.entries.iter().map(|e| e.conv_seq).collect();
+    assert_eq!(seqs, [4, 5, 6, 6, 7], "trimmed to the newest 5");
+    assert_eq!(window.low_seq, 4);
+    let after = cache.hot_read("g:h", 5, 2).await.unwrap().unwrap();
+    assert_eq!(
+        after.entries.iter().map(|e| e.conv_seq).collect::<Vec<_>>(),
+        [6, 6]
+    );
+    assert_eq!(after.entries[0].payload, Bytes::from("m6"));
+
+    let heads = cache
+        .hot_heads(&["g:h".into(), "g:none".into(), "g:h".into()])
+        .await
+        .unwrap();
+    let head = heads[0].unwrap();
+    assert_eq!(
+        (head.last_seq, head.last_message_id, head.last_activity_ms),
+        (7, 107, 2000)
+    );
+    assert_eq!(heads[1], None);
+    assert_eq!(heads[2], heads[0]);
+}
+
+pub async fn allocations_mark_conversations_active_until_verified(cache: &dyn Cache) {
+    let conv = SeqKey::Conversation("g:s".into());
+    cache.seed(&conv, 0).await.unwrap();
+    cache.seed(&SeqKey::Inbox("u".into()), 0).await.unwrap();
+    cache
+        .allocate(
+            &[SeqRequest {
+                key: conv.clone(),
+                count: 1,
+            }],
+            100,
+        )
+        .await
+        .unwrap();
+    cache
+        .allocate(
+            &[SeqRequest {
+                key: SeqKey::Inbox("u".into()),
+                count: 1,
+            }],
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cache.active_conversations(99, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        cache.active_conversations(100, 10).await.unwrap(),
+        vec![("g:s".to_owned(), 100)]
+    );
+    assert_eq!(cache.verified_seq("g:s").await.unwrap(), None);
+    // Another allocation after the sweep read it keeps it active.
+    cache
+        .allocate(
+            &[SeqRequest {
+                key: conv.clone(),
+                count: 1,
+            }],
+            150,
+        )
+        .await
+        .unwrap();
+    cache.mark_verified("g:s", 1, 100).await.unwrap();
+    assert_eq!(cache.verified_seq("g:s").await.unwrap(), Some(1));
+    assert_eq!(
+        cache.active_conversations(200, 10).await.unwrap(),
+        vec![("g:s".to_owned(), 150)]
+    );
+    cache.mark_verified("g:s", 2, 150).await.unwrap();
+    assert_eq!(cache.active_conversations(200, 10).await.unwrap(), vec![]);
+    cache.mark_verified("g:s", 1, 150).await.unwrap();
+    assert_eq!(
+        cache.verified_seq("g:s").await.unwrap(),
+        Some(2),
+        "never moves back"
+    );
+}
+
+/// One `#[tokio::test]` per suite function, each on a fresh cache from `$factory`.
+#[macro_export]
+macro_rules! cache_conformance_suite {
+    ($factory:expr) => {
+        $crate::cache_conformance_suite!(@tests $factory;
+            sequences_allocate_ranges_for_many_keys_after_seeding,
+            claims_are_exclusive_until_they_expire,
+            hot_windows_keep_the_newest_entries_and_their_head,
+            allocations_mark_conversations_active_until_verified,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                if let Some((cache, _guard)) = $factory().await {
+                    support::cache_suite::$name(&*cache).await;
+                }
+            }
+        )*
+    };
+}
