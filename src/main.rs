@@ -46,6 +46,9 @@ enum Command {
         /// Lifetime, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: HumanDuration,
+        /// An operator token: may force delivery modes (SetConversationMode).
+        #[arg(long)]
+        admin: bool,
     },
     /// Print the effective configuration (secrets masked).
     Config(Common),
@@ -108,12 +111,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())
         }
-        Command::Token {
-            common,
-            user,
-            device,
-            ttl,
-        } => {
+        Command::Token { common, user, device, ttl, admin } => {
             let config = load(cli.config.as_ref(), common)?;
             let (secret, generated) = config.resolve_jwt_secret().map_err(|e| e.to_string())?;
             if generated {
@@ -126,7 +124,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .duration_since(UNIX_EPOCH)
                 .map_err(|e| e.to_string())?
                 .as_secs();
-            let token = Authenticator::new(&secret).mint(user, device, ttl.0, now)?;
+            let token = Authenticator::new(&secret).mint_with(user, device, ttl.0, now, *admin)?;
             println!("{token}");
             Ok(())
         }

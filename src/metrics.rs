@@ -19,6 +19,11 @@ pub const SYNC_CURSOR_EXPIRED: &str = "timeline_sync_cursor_expired_total";
 pub const RECOVERY_REDRIVES: &str = "timeline_recovery_redrives_total";
 pub const IDEMPOTENT_REPLAYS: &str = "timeline_idempotent_replays_total";
 pub const SEQUENCER_RESEEDS: &str = "timeline_sequencer_reseeds_total";
+pub const MODE_SWITCHES: &str = "timeline_mode_switches_total";
+pub const HOLES_FILLED: &str = "timeline_holes_filled_total";
+pub const LATE_REWRITES: &str = "timeline_late_writes_rewritten_total";
+pub const SYNC_SOURCES: &str = "timeline_sync_sources_merged";
+pub const HOT_WINDOW_READS: &str = "timeline_hot_window_reads_total";
 pub const STORE_OP_DURATION: &str = "timeline_store_operation_duration_seconds";
 pub const STORE_OP_ERRORS: &str = "timeline_store_operation_errors_total";
 pub const CACHE_OP_DURATION: &str = "timeline_cache_operation_duration_seconds";
@@ -33,6 +38,7 @@ const WIDTH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
 ];
 const ITEM_BUCKETS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0];
+const SOURCE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 25.0, 100.0, 250.0, 1000.0];
 
 /// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
 /// Several servers in one process (tests) share it.
@@ -47,6 +53,9 @@ pub fn init() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(SYNC_ITEMS.into()), ITEM_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SYNC_SOURCES.into()), SOURCE_BUCKETS)
                 })
                 .map(|b| b.build_recorder())
                 // The bucket lists are constants, never empty: building cannot fail.
@@ -103,8 +112,12 @@ fn describe() {
         SEQUENCER_RESEEDS,
         "Sequencer keys re-seeded from the store."
     );
-    describe_histogram!(
-        STORE_OP_DURATION,
+    describe_counter!(MODE_SWITCHES, "Delivery mode switches, by target mode and whether forced.");
+    describe_counter!(HOLES_FILLED, "Abandoned conv_seqs filled with a hole marker, by who found them.");
+    describe_counter!(LATE_REWRITES, "Writes that finished later than gap_grace/2 and were rewritten under a fresh seq.");
+    describe_histogram!(SYNC_SOURCES, "Sources merged by one Sync call (the inbox plus hot conversations read).");
+    describe_counter!(HOT_WINDOW_READS, "Hot source reads, by result: hit (the Cache window covered it) or miss (read from the Store).");
+    describe_histogram!(STORE_OP_DURATION,
         metrics::Unit::Seconds,
         "Store operation latency."
     );

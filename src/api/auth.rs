@@ -15,6 +15,9 @@ struct Claims {
     did: String,
     exp: u64,
     iat: u64,
+    /// Operator token: may force delivery modes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    adm: bool,
 }
 
 #[derive(Clone)]
@@ -37,12 +40,18 @@ impl Authenticator {
     }
 
     /// A token for `user_id` on `device_id`, valid for `ttl` from `now_s` (Unix seconds).
-    pub fn mint(
+    pub fn mint(&self, user_id: &str, device_id: &str, ttl: Duration, now_s: u64) -> Result<String, String> {
+        self.mint_with(user_id, device_id, ttl, now_s, false)
+    }
+
+    /// Like [`Authenticator::mint`]; `admin` marks an operator token.
+    pub fn mint_with(
         &self,
         user_id: &str,
         device_id: &str,
         ttl: Duration,
         now_s: u64,
+        admin: bool,
     ) -> Result<String, String> {
         validate_user_id("user", user_id).map_err(|e| e.to_string())?;
         validate_user_id("device", device_id).map_err(|e| e.to_string())?;
@@ -51,6 +60,7 @@ impl Authenticator {
             did: device_id.to_owned(),
             exp: now_s + ttl.as_secs(),
             iat: now_s,
+            adm: admin,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
@@ -78,6 +88,7 @@ impl Authenticator {
         Ok(Caller {
             user_id: claims.sub,
             device_id: claims.did,
+            admin: claims.adm,
         })
     }
 }
@@ -100,10 +111,10 @@ mod tests {
             .mint("alice", "phone", Duration::from_secs(60), now())
             .unwrap();
         let caller = auth.verify(Some(&format!("Bearer {token}"))).unwrap();
-        assert_eq!(
-            (caller.user_id.as_str(), caller.device_id.as_str()),
-            ("alice", "phone")
-        );
+        assert_eq!((caller.user_id.as_str(), caller.device_id.as_str()), ("alice", "phone"));
+        assert!(!caller.admin);
+        let op = auth.mint_with("ops", "cli", Duration::from_secs(60), now(), true).unwrap();
+        assert!(auth.verify(Some(&format!("Bearer {op}"))).unwrap().admin);
 
         let other = Authenticator::new("another-secret-of-at-least-32-chars!!");
         let forged = other

@@ -35,6 +35,7 @@ pub fn conversation(c: ConversationRow) -> proto::Conversation {
         member_count: c.member_count,
         mode: mode(current_mode) as i32,
         mode_since_seq,
+        mode_forced: c.mode_forced,
     }
 }
 

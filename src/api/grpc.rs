@@ -13,7 +13,7 @@ use super::convert;
 use super::status::code_name;
 use crate::metrics::record_request;
 use crate::proto::{self, timeline_service_server::TimelineService};
-use crate::store::ConversationKind;
+use crate::store::{ConversationKind, DeliveryMode};
 use crate::timeline::{Caller, CreateConversation, SendMessage, Timeline};
 
 #[derive(Clone)]
@@ -67,6 +67,16 @@ fn kind(raw: i32) -> Result<ConversationKind, Status> {
         _ => Err(Status::invalid_argument(
             "kind must be CONVERSATION_KIND_DIRECT or CONVERSATION_KIND_GROUP",
         )),
+    }
+}
+
+/// `None` for DELIVERY_MODE_UNSPECIFIED: automatic.
+fn delivery_mode(raw: i32) -> Result<Option<DeliveryMode>, Status> {
+    match proto::DeliveryMode::try_from(raw) {
+        Ok(proto::DeliveryMode::Unspecified) => Ok(None),
+        Ok(proto::DeliveryMode::Fanout) => Ok(Some(DeliveryMode::Fanout)),
+        Ok(proto::DeliveryMode::Hot) => Ok(Some(DeliveryMode::Hot)),
+        Err(_) => Err(Status::invalid_argument(format!("mode {raw} is not a delivery mode"))),
     }
 }
 
@@ -254,6 +264,22 @@ impl TimelineService for TimelineApi {
             Ok(proto::MarkReadResponse {
                 read_seq,
                 unread_count,
+            })
+        })
+        .await
+    }
+
+    async fn set_conversation_mode(
+        &self,
+        request: Request<proto::SetConversationModeRequest>,
+    ) -> Result<Response<proto::SetConversationModeResponse>, Status> {
+        self.handle("SetConversationMode", request, |caller, req| async move {
+            let conversation = self
+                .timeline
+                .set_conversation_mode(&caller, &req.conversation_id, delivery_mode(req.mode)?)
+                .await?;
+            Ok(proto::SetConversationModeResponse {
+                conversation: Some(convert::conversation(conversation)),
             })
         })
         .await

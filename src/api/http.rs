@@ -154,6 +154,7 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         "/v1/GetHistory" => get_history,
         "/v1/ListConversations" => list_conversations,
         "/v1/MarkRead" => mark_read,
+        "/v1/SetConversationMode" => set_conversation_mode,
         "/v1/Ping" => ping,
     );
     routes

@@ -22,7 +22,8 @@ timed_decorator! {
     fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()>;
     fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>>;
     fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>>;
-        fn epoch(&self) -> CacheResult<u64>;
+            fn epoch(&self) -> CacheResult<u64>;
+    fn release_claim(&self, key: &str, value: u64) -> CacheResult<()>;
     fn hot_append(&self, conversation_id: &str, entry: HotEntry, message_id: u64, window: usize, now_ms: i64) -> CacheResult<()>;
     fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>>;
     fn hot_read(&self, conversation_id: &str, after_seq: u64, limit: usize) -> CacheResult<Option<HotWindow>>;

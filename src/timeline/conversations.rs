@@ -418,6 +418,7 @@ impl Timeline {
             .await?;
         self.backfill(id, &new_users, joined_seq).await?;
         let conversation = self.refresh_member_count(conversation).await?;
+        self.maybe_switch(&conversation, self.current_rate(id)).await?;
         Ok((conversation, added))
     }
 
@@ -437,8 +438,7 @@ impl Timeline {
                 .read_messages(id, bucket, range, ReadOrder::Ascending, size as usize)
                 .await?;
             for message in messages {
-                let allocation = self.allocate_inboxes(users.iter().cloned()).await?;
-                self.write_inbox_rows(&message, &allocation, false).await?;
+                self.write_to_inboxes(&message, users.to_vec(), None, false).await?;
             }
             bucket += 1;
         }
@@ -490,7 +490,9 @@ impl Timeline {
         let conversation = if targets.is_empty() {
             conversation
         } else {
-            self.refresh_member_count(&conversation).await?
+            let refreshed = self.refresh_member_count(&conversation).await?;
+            self.maybe_switch(&refreshed, self.current_rate(id)).await?;
+            refreshed
         };
         Ok((conversation, targets))
     }

@@ -9,6 +9,7 @@ mod cursor;
 mod error;
 mod history;
 pub mod ids;
+mod mode;
 mod send;
 mod sequencer;
 mod sync;
@@ -31,6 +32,8 @@ use crate::store::Store;
 pub struct Caller {
     pub user_id: String,
     pub device_id: String,
+    /// An operator (token minted with `--admin`): may force delivery modes.
+    pub admin: bool,
 }
 
 /// Wall-clock milliseconds; a trait so that tests can move time.
@@ -72,6 +75,14 @@ pub struct Limits {
     pub send_claim_lease: Duration,
     /// Outbox entries older than this are re-driven by the recovery loop.
     pub recovery_age: Duration,
+    /// A conversation with this many members is hot.
+    pub hot_threshold: u32,
+    /// A conversation fanning out more inbox rows per second than this is hot.
+    pub hot_fanout_rows_per_sec: u64,
+    /// Least time between two automatic mode switches of a conversation.
+    pub mode_min_dwell: Duration,
+    /// Messages kept in a hot conversation's Cache window.
+    pub hot_window: usize,
 }
 
 impl Default for Limits {
@@ -95,6 +106,10 @@ impl Default for Limits {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             send_claim_lease: Duration::from_secs(30),
             recovery_age: Duration::from_secs(5),
+            hot_threshold: 500,
+            hot_fanout_rows_per_sec: 20_000,
+            mode_min_dwell: Duration::from_secs(60),
+            hot_window: 1000,
         }
     }
 }
@@ -105,6 +120,7 @@ pub struct Timeline {
     pub(crate) limits: Limits,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: ids::Snowflake,
+    pub(crate) fanout_rates: mode::RateTracker,
 }
 
 impl Timeline {
@@ -118,6 +134,7 @@ impl Timeline {
             store,
             cache,
             ids: ids::Snowflake::new(limits.node_id),
+            fanout_rates: mode::RateTracker::default(),
             limits,
             clock,
         })

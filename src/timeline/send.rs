@@ -19,7 +19,7 @@ use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
 use super::{Caller, Timeline, read_pages};
-use crate::cache::{SeqKey, SeqRequest};
+use crate::cache::{HotEntry, SeqKey, SeqRequest};
 use crate::metrics;
 use crate::store::*;
 
@@ -31,6 +31,20 @@ const RECOVERY_BATCH: usize = 256;
 /// How often a send that found its client_msg_id claimed looks for the first one's result.
 const CLAIM_POLL: Duration = Duration::from_millis(25);
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// A send rewritten this often and still late gives up rewriting (its last copy stands).
+const MAX_LATE_REWRITES: u32 = 3;
+
+/// The payload of a hot window entry.
+pub(crate) fn encode_message(message: &MessageRow) -> TimelineResult<bytes::Bytes> {
+    postcard::to_stdvec(message)
+        .map(bytes::Bytes::from)
+        .map_err(|e| TimelineError::Store(StoreError::Corrupt(format!("encoding a message: {e}"))))
+}
+
+pub(crate) fn decode_message(payload: &[u8]) -> TimelineResult<MessageRow> {
+    postcard::from_bytes(payload)
+        .map_err(|e| TimelineError::Store(StoreError::Corrupt(format!("decoding a hot window entry: {e}"))))
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendMessage {
@@ -68,54 +82,150 @@ impl Timeline {
             return Ok(first);
         }
 
-        let conv_seq = self
-            .allocate(&[SeqRequest {
-                key: SeqKey::Conversation(conversation.conversation_id.clone()),
-                count: 1,
-            }])
-            .await?[0];
-        let message = MessageRow {
+        let content_type = if req.content_type.is_empty() {
+            DEFAULT_CONTENT_TYPE.to_owned()
+        } else {
+            req.content_type
+        };
+        let mut message = MessageRow {
             conversation_id: conversation.conversation_id.clone(),
-            conv_seq,
+            conv_seq: 0,
             message_id,
             sender_id: caller.user_id.clone(),
             sender_device_id: caller.device_id.clone(),
             client_msg_id: req.client_msg_id.clone(),
-            content_type: if req.content_type.is_empty() {
-                DEFAULT_CONTENT_TYPE.to_owned()
-            } else {
-                req.content_type
-            },
+            content_type,
             body: req.body,
-            created_at_ms: now,
+            created_at_ms: 0,
             kind: MessageKind::User,
         };
-        let pending = PendingFanoutRow {
-            shard: pending_shard(message_id),
-            message_id,
-            conversation_id: message.conversation_id.clone(),
-            conv_seq,
-            created_at_ms: now,
-            inbox_allocation: Vec::new(),
-        };
-        let idempotency = idempotent.then(|| IdempotencyRow {
-            sender_id: caller.user_id.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            message_id,
-            conversation_id: message.conversation_id.clone(),
-            conv_seq,
-            created_at_ms: now,
-        });
-        self.store
-            .write_message(&MessageWrite {
-                message: message.clone(),
-                pending: Some(pending),
-                idempotency,
-            })
-            .await?;
-        self.fan_out(&message, &[]).await?;
-        ::metrics::counter!(metrics::MESSAGES_SENT, "mode" => "fanout").increment(1);
+        // Only fan-out needs the outbox (a hot message is read from `messages` itself); the
+        // mode read here is a hint, the one read after the write decides.
+        let with_outbox = conversation.mode() == DeliveryMode::Fanout;
+        // A write that lands later than gap_grace/2 after its seq was allocated may have been
+        // given up by a reader as abandoned: it is written again under a fresh seq.
+        for attempt in 0.. {
+            message.conv_seq = self.allocate_conv_seq(&message.conversation_id).await?;
+            // Taken after the allocation: a reader judges a gap by its successor's age.
+            message.created_at_ms = self.clock.now_ms();
+            self.store
+                .write_message(&MessageWrite {
+                    message: message.clone(),
+                    pending: with_outbox.then(|| self.outbox_entry(&message)),
+                    idempotency: idempotent.then(|| IdempotencyRow {
+                        sender_id: caller.user_id.clone(),
+                        client_msg_id: message.client_msg_id.clone(),
+                        message_id,
+                        conversation_id: message.conversation_id.clone(),
+                        conv_seq: message.conv_seq,
+                        created_at_ms: message.created_at_ms,
+                    }),
+                })
+                .await?;
+            if !self.late(message.created_at_ms) || attempt == MAX_LATE_REWRITES {
+                break;
+            }
+            ::metrics::counter!(metrics::LATE_REWRITES, "what" => "message").increment(1);
+        }
+        self.deliver(&message, with_outbox).await?;
         Ok(message)
+    }
+
+    async fn allocate_conv_seq(&self, conversation_id: &str) -> TimelineResult<u64> {
+        let request = SeqRequest {
+            key: SeqKey::Conversation(conversation_id.to_owned()),
+            count: 1,
+        };
+        Ok(self.allocate(&[request]).await?[0])
+    }
+
+    fn outbox_entry(&self, message: &MessageRow) -> PendingFanoutRow {
+        PendingFanoutRow {
+            shard: pending_shard(message.message_id),
+            message_id: message.message_id,
+            conversation_id: message.conversation_id.clone(),
+            conv_seq: message.conv_seq,
+            created_at_ms: message.created_at_ms,
+            inbox_allocation: Vec::new(),
+        }
+    }
+
+    /// The inbox allocation an outbox entry recorded, while it is young enough that no reader
+    /// can have given its seqs up; otherwise none (the re-drive allocates afresh).
+    fn still_valid<'a>(&self, entry: &'a PendingFanoutRow) -> &'a [(String, u64)] {
+        if self.late(entry.created_at_ms) { &[] } else { &entry.inbox_allocation }
+    }
+
+    /// Whether a write started at `since_ms` finished too late to be trusted at its seq.
+    pub(crate) fn late(&self, since_ms: i64) -> bool {
+        self.clock.now_ms() - since_ms > self.limits.gap_grace.as_millis() as i64 / 2
+    }
+
+    /// Delivers a durably written message the way its conv_seq's mode says, as read *after*
+    /// the write (see `mode.rs` for why that ordering never loses a message), then lets the
+    /// conversation switch mode if its size or fan-out rate calls for it.
+    async fn deliver(&self, message: &MessageRow, outbox_written: bool) -> TimelineResult<()> {
+        let conversation = self
+            .store
+            .get_conversation(&message.conversation_id)
+            .await?
+            .ok_or_else(|| {
+                TimelineError::Store(StoreError::Corrupt(format!(
+                    "conversation {} vanished under a send",
+                    message.conversation_id
+                )))
+            })?;
+        let rows = match conversation.mode_at(message.conv_seq) {
+            DeliveryMode::Fanout => {
+                if !outbox_written {
+                    self.store
+                        .write_message(&MessageWrite {
+                            message: message.clone(),
+                            pending: Some(self.outbox_entry(message)),
+                            idempotency: None,
+                        })
+                        .await?;
+                }
+                ::metrics::counter!(metrics::MESSAGES_SENT, "mode" => "fanout").increment(1);
+                self.fan_out(message, &[]).await? as u64
+            }
+            DeliveryMode::Hot => {
+                self.append_hot(message).await?;
+                self.store
+                    .advance_read_seq(&message.sender_id, &message.conversation_id, message.conv_seq)
+                    .await?;
+                if outbox_written {
+                    self.store
+                        .delete_pending(pending_shard(message.message_id), message.message_id)
+                        .await?;
+                }
+                ::metrics::counter!(metrics::MESSAGES_SENT, "mode" => "hot").increment(1);
+                u64::from(conversation.member_count)
+            }
+        };
+        let rate = self
+            .fanout_rates
+            .record(&conversation.conversation_id, rows, self.clock.now_ms());
+        self.maybe_switch(&conversation, rate).await
+    }
+
+    /// Adds a message to its hot conversation's Cache window: one atomic append, whatever the
+    /// member count.
+    pub(crate) async fn append_hot(&self, message: &MessageRow) -> TimelineResult<()> {
+        let entry = HotEntry {
+            conv_seq: message.conv_seq,
+            payload: encode_message(message)?,
+        };
+        self.cache
+            .hot_append(
+                &message.conversation_id,
+                entry,
+                message.message_id,
+                self.limits.hot_window,
+                self.clock.now_ms(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The first result of this `(sender, client_msg_id)`, completing its fan-out if a crash
@@ -155,7 +265,7 @@ impl Timeline {
             })?;
         let shard = pending_shard(record.message_id);
         if let Some(pending) = self.store.get_pending(shard, record.message_id).await? {
-            self.fan_out(&message, &pending.inbox_allocation).await?;
+            self.fan_out(&message, self.still_valid(&pending)).await?;
             ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
         }
         ::metrics::counter!(metrics::IDEMPOTENT_REPLAYS).increment(1);
@@ -223,26 +333,53 @@ impl Timeline {
         message: &MessageRow,
         recorded: &[(String, u64)],
     ) -> TimelineResult<usize> {
-        let allocation: Vec<(String, u64)> = if recorded.is_empty() {
+        let written = if recorded.is_empty() {
             let members = self.entitled_members(message).await?;
-            self.allocate_inboxes(members).await?
+            self.write_to_inboxes(message, members, None, true).await?
         } else {
-            recorded.to_vec()
+            let users = recorded.iter().map(|(u, _)| u.clone()).collect();
+            self.write_to_inboxes(message, users, Some(recorded), true).await?
         };
-        self.write_inbox_rows(message, &allocation, true).await?;
-        ::metrics::histogram!(metrics::SEND_FANOUT_WIDTH).record(allocation.len() as f64);
-        Ok(allocation.len())
+        ::metrics::histogram!(metrics::SEND_FANOUT_WIDTH).record(written as f64);
+        Ok(written)
     }
 
-    /// Writes `message` into the given inboxes with the matching activity updates, clearing the
-    /// outbox entry when `clear_pending`; then drops inbox buckets that fell out of retention.
-    pub(crate) async fn write_inbox_rows(
+    /// Writes `message` into the inbox of each user under a new inbox_seq (or the `recorded`
+    /// ones), with the activity updates, clearing the outbox entry when `clear_pending`. A write
+    /// that finished late is repeated under fresh seqs (see `send`). Then drops inbox buckets
+    /// that fell out of retention.
+    pub(crate) async fn write_to_inboxes(
+        &self,
+        message: &MessageRow,
+        users: Vec<String>,
+        recorded: Option<&[(String, u64)]>,
+        clear_pending: bool,
+    ) -> TimelineResult<usize> {
+        let mut recorded = recorded.map(<[_]>::to_vec);
+        let mut attempt = 0;
+        loop {
+            let allocation = match recorded.take() {
+                Some(allocation) => allocation,
+                None => self.allocate_inboxes(users.iter().cloned()).await?,
+            };
+            let allocated_at_ms = self.clock.now_ms();
+            self.write_inbox_rows(message, &allocation, allocated_at_ms, clear_pending)
+                .await?;
+            if !self.late(allocated_at_ms) || attempt == MAX_LATE_REWRITES {
+                return Ok(allocation.len());
+            }
+            ::metrics::counter!(metrics::LATE_REWRITES, "what" => "inbox").increment(1);
+            attempt += 1;
+        }
+    }
+
+    async fn write_inbox_rows(
         &self,
         message: &MessageRow,
         allocation: &[(String, u64)],
+        allocated_at_ms: i64,
         clear_pending: bool,
     ) -> TimelineResult<()> {
-        let allocated_at_ms = self.clock.now_ms();
         let inbox = allocation
             .iter()
             .map(|(user, seq)| InboxRow {
@@ -332,7 +469,7 @@ impl Timeline {
                     .await?
                 {
                     Some(message) => {
-                        self.fan_out(&message, &entry.inbox_allocation).await?;
+                        self.fan_out(&message, self.still_valid(&entry)).await?;
                     }
                     // The entry is written with its message: without one there is nothing to
                     // deliver, and keeping it would re-drive forever.

@@ -1,0 +1,277 @@
+//! Delivery modes (DESIGN §7): small conversations fan out on write to every member's inbox;
+//! hot ones (many members, or a high fan-out rate) are written once and read at sync time.
+//!
+//! A conversation's `mode_spans` say which conv_seqs are delivered which way, so readers know
+//! where each message comes from. A switch at `S = current conv_seq + 1`:
+//! 1. to hot: flag every member's `user_conversations` row (Sync then reads the conversation
+//!    as a hot source), publish the span, flag again (members who joined meanwhile);
+//! 2. to fan-out: publish the span, then fan out every message from `S` already written: a
+//!    sender decides its path from the conversation read *after* its durable write, so it
+//!    either sees the new span or its message is found by this backfill.
+//!
+//! Either way a message is never delivered zero ways; one delivered both ways is deduplicated.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::error::{TimelineError, TimelineResult};
+use super::{Timeline, read_pages};
+use crate::cache::SeqKey;
+use crate::metrics;
+use crate::store::*;
+
+/// Members flagged per page of the member list during a switch to hot.
+const FLAG_PAGE: usize = 1000;
+/// How long a switch holds the conversation's switch claim at most.
+const SWITCH_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The fan-out rate is measured over this window.
+const RATE_WINDOW_MS: i64 = 10_000;
+
+/// Inbox rows fanned out per conversation over a sliding window, measured on this node.
+#[derive(Default)]
+pub(crate) struct RateTracker {
+    /// conversation -> (window start ms, rows in the current window, rows in the previous one)
+    windows: Mutex<HashMap<String, (i64, u64, u64)>>,
+}
+
+impl RateTracker {
+    /// Records `rows` at `now_ms`; returns the rate in rows per second over the last window
+    /// (the previous window weighted by how much of it still overlaps).
+    pub(crate) fn record(&self, conversation_id: &str, rows: u64, now_ms: i64) -> u64 {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget idle conversations so the map stays bounded by the active ones.
+        if windows.len() > 100_000 {
+            windows.retain(|_, (start, _, _)| now_ms - *start < 2 * RATE_WINDOW_MS);
+        }
+        let w = windows.entry(conversation_id.to_owned()).or_insert((now_ms, 0, 0));
+        let elapsed = now_ms - w.0;
+        if elapsed >= 2 * RATE_WINDOW_MS {
+            *w = (now_ms, 0, 0);
+        } else if elapsed >= RATE_WINDOW_MS {
+            *w = (w.0 + RATE_WINDOW_MS, 0, w.1);
+        }
+        w.1 += rows;
+        let into = (now_ms - w.0).clamp(0, RATE_WINDOW_MS);
+        let previous_share = w.2 * (RATE_WINDOW_MS - into) as u64 / RATE_WINDOW_MS as u64;
+        (w.1 + previous_share) * 1000 / RATE_WINDOW_MS as u64
+    }
+}
+
+impl Timeline {
+    /// Switches the conversation to `mode` from its next conv_seq on, and records whether an
+    /// operator forced it. Returns the conversation as it is afterwards.
+    pub async fn switch_mode(
+        &self,
+        conversation_id: &str,
+        mode: DeliveryMode,
+        forced: bool,
+    ) -> TimelineResult<ConversationRow> {
+        let claim_key = format!("mode:{conversation_id}");
+        let token = rand::random::<u64>();
+        if self.cache.claim(&claim_key, token, SWITCH_LEASE).await?.is_some() {
+            return Err(TimelineError::Aborted(format!(
+                "a mode switch of {conversation_id} is in progress; retry"
+            )));
+        }
+        let result = self.switch_mode_claimed(conversation_id, mode, forced).await;
+        self.cache.release_claim(&claim_key, token).await?;
+        result
+    }
+
+    /// The operator's `SetConversationMode`: `Some(mode)` forces it, `None` returns the
+    /// conversation to automatic switching (and applies the thresholds right away).
+    pub async fn set_conversation_mode(
+        &self,
+        caller: &super::Caller,
+        conversation_id: &str,
+        mode: Option<DeliveryMode>,
+    ) -> TimelineResult<ConversationRow> {
+        super::ids::validate_conversation_id(conversation_id)?;
+        if !caller.admin {
+            return Err(TimelineError::PermissionDenied(
+                "forcing a delivery mode takes an operator token (timeline token --admin)".into(),
+            ));
+        }
+        match mode {
+            Some(mode) => self.switch_mode(conversation_id, mode, true).await,
+            None => {
+                let current = self
+                    .store
+                    .get_conversation(conversation_id)
+                    .await?
+                    .ok_or_else(|| {
+                        TimelineError::NotFound(format!("conversation {conversation_id} does not exist"))
+                    })?;
+                let released = self.switch_mode(conversation_id, current.mode(), false).await?;
+                // Automatic from now on: no dwell applies to leaving an operator's choice.
+                let automatic = ConversationRow { mode_changed_at_ms: i64::MIN / 2, ..released };
+                self.maybe_switch(&automatic, self.current_rate(conversation_id)).await?;
+                Ok(self.store.get_conversation(conversation_id).await?.unwrap_or(automatic))
+            }
+        }
+    }
+
+    async fn switch_mode_claimed(
+        &self,
+        conversation_id: &str,
+        mode: DeliveryMode,
+        forced: bool,
+    ) -> TimelineResult<ConversationRow> {
+        let conversation = self
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(|| {
+                TimelineError::NotFound(format!("conversation {conversation_id} does not exist"))
+            })?;
+        let now = self.clock.now_ms();
+        if conversation.mode() == mode {
+            if conversation.mode_forced != forced {
+                self.store
+                    .update_conversation_mode(conversation_id, &conversation.mode_spans, forced, now)
+                    .await?;
+            }
+            return Ok(ConversationRow { mode_forced: forced, ..conversation });
+        }
+        let since = self
+            .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
+            .await?
+            + 1;
+        let mut spans = conversation.mode_spans.clone();
+        spans.push(ModeSpan { since_seq: since, mode });
+        if spans.len() > MAX_MODE_SPANS {
+            spans.drain(..spans.len() - MAX_MODE_SPANS);
+        }
+        if mode == DeliveryMode::Hot {
+            self.flag_members_hot(conversation_id).await?;
+        }
+        self.store
+            .update_conversation_mode(conversation_id, &spans, forced, now)
+            .await?;
+        match mode {
+            DeliveryMode::Hot => self.flag_members_hot(conversation_id).await?,
+            DeliveryMode::Fanout => self.backfill_fanout(conversation_id, since).await?,
+        }
+        let label = match mode {
+            DeliveryMode::Hot => "hot",
+            DeliveryMode::Fanout => "fanout",
+        };
+        ::metrics::counter!(metrics::MODE_SWITCHES, "to" => label, "forced" => forced.to_string())
+            .increment(1);
+        tracing::info!(conversation_id, to = label, since, forced, "delivery mode switched");
+        Ok(ConversationRow {
+            mode_spans: spans,
+            mode_forced: forced,
+            mode_changed_at_ms: now,
+            ..conversation
+        })
+    }
+
+    async fn flag_members_hot(&self, conversation_id: &str) -> TimelineResult<()> {
+        let members = read_pages(
+            FLAG_PAGE,
+            usize::MAX,
+            |after: Option<String>| async move {
+                self.store
+                    .list_members(conversation_id, after.as_deref(), FLAG_PAGE)
+                    .await
+            },
+            |m| m.user_id.clone(),
+            |_| true,
+        )
+        .await?;
+        for member in members {
+            self.store
+                .raise_user_conversation_mode(&member.user_id, conversation_id, DeliveryMode::Hot)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fans out the messages from `since` on that are already written (see the module docs).
+    async fn backfill_fanout(&self, conversation_id: &str, since: u64) -> TimelineResult<()> {
+        let last = self
+            .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
+            .await?;
+        let size = self.limits.bucket_size;
+        let mut bucket = self.bucket(since);
+        while since <= last && bucket <= self.bucket(last) {
+            let range = SeqRange {
+                from: (bucket * size).max(since),
+                to: (bucket * size + size - 1).min(last),
+            };
+            let messages = self
+                .store
+                .read_messages(conversation_id, bucket, range, ReadOrder::Ascending, size as usize)
+                .await?;
+            for message in messages {
+                self.fan_out(&message, &[]).await?;
+            }
+            bucket += 1;
+        }
+        Ok(())
+    }
+
+    /// The measured fan-out rate of the conversation, rows per second.
+    pub(crate) fn current_rate(&self, conversation_id: &str) -> u64 {
+        self.fanout_rates.record(conversation_id, 0, self.clock.now_ms())
+    }
+
+    /// Switches automatically when the conversation's size or measured fan-out rate crosses
+    /// the thresholds: hot at `hot_threshold` members or `hot_fanout_rows_per_sec`; back to
+    /// fan-out below half of both; never sooner than `mode_min_dwell` after the last switch,
+    /// never when an operator forced the mode.
+    pub(crate) async fn maybe_switch(
+        &self,
+        conversation: &ConversationRow,
+        fanout_rows_per_sec: u64,
+    ) -> TimelineResult<()> {
+        if conversation.mode_forced || conversation.kind == ConversationKind::Direct {
+            return Ok(());
+        }
+        let dwell_ms = self.limits.mode_min_dwell.as_millis() as i64;
+        if self.clock.now_ms() - conversation.mode_changed_at_ms < dwell_ms {
+            return Ok(());
+        }
+        let members = conversation.member_count;
+        let target = match conversation.mode() {
+            DeliveryMode::Fanout
+                if members >= self.limits.hot_threshold
+                    || fanout_rows_per_sec > self.limits.hot_fanout_rows_per_sec =>
+            {
+                DeliveryMode::Hot
+            }
+            DeliveryMode::Hot
+                if members < self.limits.hot_threshold / 2
+                    && fanout_rows_per_sec < self.limits.hot_fanout_rows_per_sec / 2 =>
+            {
+                DeliveryMode::Fanout
+            }
+            _ => return Ok(()),
+        };
+        match self.switch_mode(&conversation.conversation_id, target, false).await {
+            // Another node is switching it right now: that is what we wanted.
+            Err(TimelineError::Aborted(_)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_counts_rows_per_second_over_a_sliding_window() {
+        let rates = RateTracker::default();
+        let mut rate = 0;
+        for i in 0..100 {
+            // 500 rows every 100 ms: 5,000 rows/s.
+            rate = rates.record("g:a", 500, i * 100);
+        }
+        assert!((4500..=5000).contains(&rate), "{rate}");
+        // Quiet for two windows: the next sample starts over.
+        assert_eq!(rates.record("g:a", 10, 100 * 100 + 2 * RATE_WINDOW_MS), 1);
+        assert_eq!(rates.record("g:b", 20_000, 0), 2000);
+    }
+}
