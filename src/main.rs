@@ -111,7 +111,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())
         }
-        Command::Token { common, user, device, ttl, admin } => {
+        Command::Token {
+            common,
+            user,
+            device,
+            ttl,
+            admin,
+        } => {
             let config = load(cli.config.as_ref(), common)?;
             let (secret, generated) = config.resolve_jwt_secret().map_err(|e| e.to_string())?;
             if generated {

@@ -112,12 +112,28 @@ fn describe() {
         SEQUENCER_RESEEDS,
         "Sequencer keys re-seeded from the store."
     );
-    describe_counter!(MODE_SWITCHES, "Delivery mode switches, by target mode and whether forced.");
-    describe_counter!(HOLES_FILLED, "Abandoned conv_seqs filled with a hole marker, by who found them.");
-    describe_counter!(LATE_REWRITES, "Writes that finished later than gap_grace/2 and were rewritten under a fresh seq.");
-    describe_histogram!(SYNC_SOURCES, "Sources merged by one Sync call (the inbox plus hot conversations read).");
-    describe_counter!(HOT_WINDOW_READS, "Hot source reads, by result: hit (the Cache window covered it) or miss (read from the Store).");
-    describe_histogram!(STORE_OP_DURATION,
+    describe_counter!(
+        MODE_SWITCHES,
+        "Delivery mode switches, by target mode and whether forced."
+    );
+    describe_counter!(
+        HOLES_FILLED,
+        "Abandoned conv_seqs filled with a hole marker, by who found them."
+    );
+    describe_counter!(
+        LATE_REWRITES,
+        "Writes that finished later than gap_grace/2 and were rewritten under a fresh seq."
+    );
+    describe_histogram!(
+        SYNC_SOURCES,
+        "Sources merged by one Sync call (the inbox plus hot conversations read)."
+    );
+    describe_counter!(
+        HOT_WINDOW_READS,
+        "Hot source reads, by result: hit (the Cache window covered it) or miss (read from the Store)."
+    );
+    describe_histogram!(
+        STORE_OP_DURATION,
         metrics::Unit::Seconds,
         "Store operation latency."
     );

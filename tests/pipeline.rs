@@ -41,6 +41,7 @@ fn caller(user: &str) -> Caller {
     Caller {
         user_id: user.into(),
         device_id: "d1".into(),
+        admin: false,
     }
 }
 

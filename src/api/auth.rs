@@ -40,7 +40,13 @@ impl Authenticator {
     }
 
     /// A token for `user_id` on `device_id`, valid for `ttl` from `now_s` (Unix seconds).
-    pub fn mint(&self, user_id: &str, device_id: &str, ttl: Duration, now_s: u64) -> Result<String, String> {
+    pub fn mint(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ttl: Duration,
+        now_s: u64,
+    ) -> Result<String, String> {
         self.mint_with(user_id, device_id, ttl, now_s, false)
     }
 
@@ -111,9 +117,14 @@ mod tests {
             .mint("alice", "phone", Duration::from_secs(60), now())
             .unwrap();
         let caller = auth.verify(Some(&format!("Bearer {token}"))).unwrap();
-        assert_eq!((caller.user_id.as_str(), caller.device_id.as_str()), ("alice", "phone"));
+        assert_eq!(
+            (caller.user_id.as_str(), caller.device_id.as_str()),
+            ("alice", "phone")
+        );
         assert!(!caller.admin);
-        let op = auth.mint_with("ops", "cli", Duration::from_secs(60), now(), true).unwrap();
+        let op = auth
+            .mint_with("ops", "cli", Duration::from_secs(60), now(), true)
+            .unwrap();
         assert!(auth.verify(Some(&format!("Bearer {op}"))).unwrap().admin);
 
         let other = Authenticator::new("another-secret-of-at-least-32-chars!!");

@@ -76,7 +76,9 @@ fn delivery_mode(raw: i32) -> Result<Option<DeliveryMode>, Status> {
         Ok(proto::DeliveryMode::Unspecified) => Ok(None),
         Ok(proto::DeliveryMode::Fanout) => Ok(Some(DeliveryMode::Fanout)),
         Ok(proto::DeliveryMode::Hot) => Ok(Some(DeliveryMode::Hot)),
-        Err(_) => Err(Status::invalid_argument(format!("mode {raw} is not a delivery mode"))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "mode {raw} is not a delivery mode"
+        ))),
     }
 }
 

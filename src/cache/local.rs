@@ -123,9 +123,13 @@ impl Cache for LocalCache {
         }
     }
 
-        async fn release_claim(&self, key: &str, value: u64) -> CacheResult<()> {
+    async fn release_claim(&self, key: &str, value: u64) -> CacheResult<()> {
         let mut state = self.state();
-        if state.claims.get(key).is_some_and(|(held, _)| *held == value) {
+        if state
+            .claims
+            .get(key)
+            .is_some_and(|(held, _)| *held == value)
+        {
             state.claims.remove(key);
         }
         Ok(())

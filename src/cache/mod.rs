@@ -80,7 +80,7 @@ pub trait Cache: Send + Sync + 'static {
     /// `SET key value NX PX ttl`: `None` when this call took the claim, else the value of the
     /// claim already held.
     async fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>>;
-        /// Releases a claim this caller holds (`value` must match; another holder's is kept).
+    /// Releases a claim this caller holds (`value` must match; another holder's is kept).
     async fn release_claim(&self, key: &str, value: u64) -> CacheResult<()>;
     /// Changes whenever the sequencer state was lost and rebuilt.
     async fn epoch(&self) -> CacheResult<u64>;

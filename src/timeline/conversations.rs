@@ -418,7 +418,8 @@ impl Timeline {
             .await?;
         self.backfill(id, &new_users, joined_seq).await?;
         let conversation = self.refresh_member_count(conversation).await?;
-        self.maybe_switch(&conversation, self.current_rate(id)).await?;
+        self.maybe_switch(&conversation, self.current_rate(id))
+            .await?;
         Ok((conversation, added))
     }
 
@@ -438,7 +439,8 @@ impl Timeline {
                 .read_messages(id, bucket, range, ReadOrder::Ascending, size as usize)
                 .await?;
             for message in messages {
-                self.write_to_inboxes(&message, users.to_vec(), None, false).await?;
+                self.write_to_inboxes(&message, users.to_vec(), None, false)
+                    .await?;
             }
             bucket += 1;
         }

@@ -43,7 +43,9 @@ impl RateTracker {
         if windows.len() > 100_000 {
             windows.retain(|_, (start, _, _)| now_ms - *start < 2 * RATE_WINDOW_MS);
         }
-        let w = windows.entry(conversation_id.to_owned()).or_insert((now_ms, 0, 0));
+        let w = windows
+            .entry(conversation_id.to_owned())
+            .or_insert((now_ms, 0, 0));
         let elapsed = now_ms - w.0;
         if elapsed >= 2 * RATE_WINDOW_MS {
             *w = (now_ms, 0, 0);
@@ -68,12 +70,19 @@ impl Timeline {
     ) -> TimelineResult<ConversationRow> {
         let claim_key = format!("mode:{conversation_id}");
         let token = rand::random::<u64>();
-        if self.cache.claim(&claim_key, token, SWITCH_LEASE).await?.is_some() {
+        if self
+            .cache
+            .claim(&claim_key, token, SWITCH_LEASE)
+            .await?
+            .is_some()
+        {
             return Err(TimelineError::Aborted(format!(
                 "a mode switch of {conversation_id} is in progress; retry"
             )));
         }
-        let result = self.switch_mode_claimed(conversation_id, mode, forced).await;
+        let result = self
+            .switch_mode_claimed(conversation_id, mode, forced)
+            .await;
         self.cache.release_claim(&claim_key, token).await?;
         result
     }
@@ -100,13 +109,25 @@ impl Timeline {
                     .get_conversation(conversation_id)
                     .await?
                     .ok_or_else(|| {
-                        TimelineError::NotFound(format!("conversation {conversation_id} does not exist"))
+                        TimelineError::NotFound(format!(
+                            "conversation {conversation_id} does not exist"
+                        ))
                     })?;
-                let released = self.switch_mode(conversation_id, current.mode(), false).await?;
+                let released = self
+                    .switch_mode(conversation_id, current.mode(), false)
+                    .await?;
                 // Automatic from now on: no dwell applies to leaving an operator's choice.
-                let automatic = ConversationRow { mode_changed_at_ms: i64::MIN / 2, ..released };
-                self.maybe_switch(&automatic, self.current_rate(conversation_id)).await?;
-                Ok(self.store.get_conversation(conversation_id).await?.unwrap_or(automatic))
+                let automatic = ConversationRow {
+                    mode_changed_at_ms: i64::MIN / 2,
+                    ..released
+                };
+                self.maybe_switch(&automatic, self.current_rate(conversation_id))
+                    .await?;
+                Ok(self
+                    .store
+                    .get_conversation(conversation_id)
+                    .await?
+                    .unwrap_or(automatic))
             }
         }
     }
@@ -128,17 +149,28 @@ impl Timeline {
         if conversation.mode() == mode {
             if conversation.mode_forced != forced {
                 self.store
-                    .update_conversation_mode(conversation_id, &conversation.mode_spans, forced, now)
+                    .update_conversation_mode(
+                        conversation_id,
+                        &conversation.mode_spans,
+                        forced,
+                        now,
+                    )
                     .await?;
             }
-            return Ok(ConversationRow { mode_forced: forced, ..conversation });
+            return Ok(ConversationRow {
+                mode_forced: forced,
+                ..conversation
+            });
         }
         let since = self
             .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
             .await?
             + 1;
         let mut spans = conversation.mode_spans.clone();
-        spans.push(ModeSpan { since_seq: since, mode });
+        spans.push(ModeSpan {
+            since_seq: since,
+            mode,
+        });
         if spans.len() > MAX_MODE_SPANS {
             spans.drain(..spans.len() - MAX_MODE_SPANS);
         }
@@ -158,7 +190,13 @@ impl Timeline {
         };
         ::metrics::counter!(metrics::MODE_SWITCHES, "to" => label, "forced" => forced.to_string())
             .increment(1);
-        tracing::info!(conversation_id, to = label, since, forced, "delivery mode switched");
+        tracing::info!(
+            conversation_id,
+            to = label,
+            since,
+            forced,
+            "delivery mode switched"
+        );
         Ok(ConversationRow {
             mode_spans: spans,
             mode_forced: forced,
@@ -202,7 +240,13 @@ impl Timeline {
             };
             let messages = self
                 .store
-                .read_messages(conversation_id, bucket, range, ReadOrder::Ascending, size as usize)
+                .read_messages(
+                    conversation_id,
+                    bucket,
+                    range,
+                    ReadOrder::Ascending,
+                    size as usize,
+                )
                 .await?;
             for message in messages {
                 self.fan_out(&message, &[]).await?;
@@ -214,7 +258,8 @@ impl Timeline {
 
     /// The measured fan-out rate of the conversation, rows per second.
     pub(crate) fn current_rate(&self, conversation_id: &str) -> u64 {
-        self.fanout_rates.record(conversation_id, 0, self.clock.now_ms())
+        self.fanout_rates
+            .record(conversation_id, 0, self.clock.now_ms())
     }
 
     /// Switches automatically when the conversation's size or measured fan-out rate crosses
@@ -249,7 +294,10 @@ impl Timeline {
             }
             _ => return Ok(()),
         };
-        match self.switch_mode(&conversation.conversation_id, target, false).await {
+        match self
+            .switch_mode(&conversation.conversation_id, target, false)
+            .await
+        {
             // Another node is switching it right now: that is what we wanted.
             Err(TimelineError::Aborted(_)) => Ok(()),
             other => other.map(drop),

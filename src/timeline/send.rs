@@ -42,8 +42,11 @@ pub(crate) fn encode_message(message: &MessageRow) -> TimelineResult<bytes::Byte
 }
 
 pub(crate) fn decode_message(payload: &[u8]) -> TimelineResult<MessageRow> {
-    postcard::from_bytes(payload)
-        .map_err(|e| TimelineError::Store(StoreError::Corrupt(format!("decoding a hot window entry: {e}"))))
+    postcard::from_bytes(payload).map_err(|e| {
+        TimelineError::Store(StoreError::Corrupt(format!(
+            "decoding a hot window entry: {e}"
+        )))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +156,11 @@ impl Timeline {
     /// The inbox allocation an outbox entry recorded, while it is young enough that no reader
     /// can have given its seqs up; otherwise none (the re-drive allocates afresh).
     fn still_valid<'a>(&self, entry: &'a PendingFanoutRow) -> &'a [(String, u64)] {
-        if self.late(entry.created_at_ms) { &[] } else { &entry.inbox_allocation }
+        if self.late(entry.created_at_ms) {
+            &[]
+        } else {
+            &entry.inbox_allocation
+        }
     }
 
     /// Whether a write started at `since_ms` finished too late to be trusted at its seq.
@@ -192,7 +199,11 @@ impl Timeline {
             DeliveryMode::Hot => {
                 self.append_hot(message).await?;
                 self.store
-                    .advance_read_seq(&message.sender_id, &message.conversation_id, message.conv_seq)
+                    .advance_read_seq(
+                        &message.sender_id,
+                        &message.conversation_id,
+                        message.conv_seq,
+                    )
                     .await?;
                 if outbox_written {
                     self.store
@@ -203,9 +214,9 @@ impl Timeline {
                 u64::from(conversation.member_count)
             }
         };
-        let rate = self
-            .fanout_rates
-            .record(&conversation.conversation_id, rows, self.clock.now_ms());
+        let rate =
+            self.fanout_rates
+                .record(&conversation.conversation_id, rows, self.clock.now_ms());
         self.maybe_switch(&conversation, rate).await
     }
 
@@ -338,7 +349,8 @@ impl Timeline {
             self.write_to_inboxes(message, members, None, true).await?
         } else {
             let users = recorded.iter().map(|(u, _)| u.clone()).collect();
-            self.write_to_inboxes(message, users, Some(recorded), true).await?
+            self.write_to_inboxes(message, users, Some(recorded), true)
+                .await?
         };
         ::metrics::histogram!(metrics::SEND_FANOUT_WIDTH).record(written as f64);
         Ok(written)

@@ -1,19 +1,29 @@
-//! Sync (DESIGN §6): everything new for the caller since the device's cursor.
+//! Sync (DESIGN §6): everything new for the caller since the device's cursor, merged from
+//! the inbox (fan-out deliveries) and one source per hot conversation of the user.
 //!
-//! The inbox is read in clustering order (inbox_seq, message_id), bucket by bucket. inbox_seq is
-//! dense per user, so a missing value is visible: a write still in flight, or one abandoned by
-//! a writer that died. At a missing seq whose successor was allocated less than `gap_grace` ago
-//! the page stops there and says `pending` (the client syncs again shortly); an older gap is
-//! skipped and counted. Pages hold exactly `limit` messages while more exist.
+//! - The inbox is read in clustering order (inbox_seq, message_id). inbox_seq is dense per
+//!   user, so a missing value is visible: when the row after it was allocated less than
+//!   `gap_grace` ago the inbox stops there (`pending`); an older gap is skipped (its writer
+//!   died or rewrote it under a fresh seq). Inbox rows whose conv_seq falls in a hot span of
+//!   their conversation are left to that conversation's hot source.
+//! - A hot source reads its conversation by conv_seq from the Cache window, or from `messages`
+//!   when the window does not cover the position or misses a seq. It delivers each
+//!   conversation contiguously: a missing conv_seq whose successor is younger than gap_grace
+//!   stops it (`pending`); an older one is filled with a hole marker and delivered as one.
+//! - One Cache round trip (the heads of every hot conversation) decides which hot sources moved
+//!   since the cursor; only those are read, lazily, as the merge needs them.
+//! - The merge takes the smallest message_id among the sources' heads, deduplicates by
+//!   message_id (this page and the cursor's recent ids), and stops at exactly `limit`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::cursor::Cursor;
 use super::error::TimelineResult;
-use super::{Caller, Timeline, page_size};
-use crate::cache::SeqKey;
+use super::send::decode_message;
+use super::{Caller, Timeline, page_size, read_pages};
+use crate::cache::{HotEntry, HotHead, SeqKey};
 use crate::metrics;
-use crate::store::{InboxPosition, MessageRow};
+use crate::store::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncPage {
@@ -22,6 +32,41 @@ pub struct SyncPage {
     pub has_more: bool,
     pub pending: bool,
     pub cursor_expired: bool,
+}
+
+/// Rows read per user_conversations page while finding the user's hot conversations.
+const ROWS_PAGE: usize = 1000;
+
+struct InboxSource {
+    position: InboxPosition,
+    position_time_ms: i64,
+    /// The next inbox_seq owed.
+    expected: u64,
+    bucket: u64,
+    last_bucket: u64,
+    buffer: VecDeque<InboxRow>,
+    blocked: bool,
+    exhausted: bool,
+}
+
+struct HotSource {
+    conversation: ConversationRow,
+    /// The last conv_seq delivered.
+    position: u64,
+    /// The highest conv_seq that may exist (the sequencer's current value).
+    upper: u64,
+    buffer: VecDeque<MessageRow>,
+    blocked: bool,
+    exhausted: bool,
+}
+
+/// Per-call context shared by the sources.
+struct Reader<'a> {
+    timeline: &'a Timeline,
+    user: &'a str,
+    now: i64,
+    grace_ms: i64,
+    retention_ms: i64,
 }
 
 impl Timeline {
@@ -38,16 +83,20 @@ impl Timeline {
             self.limits.sync_default_limit,
             self.limits.sync_max_limit,
         );
-        let now = self.clock.now_ms();
-        let retention_ms = self.limits.inbox_retention.as_millis() as i64;
-        let grace_ms = self.limits.gap_grace.as_millis() as i64;
+        let reader = Reader {
+            timeline: self,
+            user,
+            now: self.clock.now_ms(),
+            grace_ms: self.limits.gap_grace.as_millis() as i64,
+            retention_ms: self.limits.inbox_retention.as_millis() as i64,
+        };
         let epoch = self.cache.epoch().await?;
-        let head = self.current_seq(&SeqKey::Inbox(user.to_owned())).await?;
+        let inbox_head = self.current_seq(&SeqKey::Inbox(user.to_owned())).await?;
 
         // A cursor older than retention may point at rows that are gone: say so instead of
         // skipping them silently, and restart at the oldest retained row.
         let expired = !cursor.fresh
-            && (now - cursor.position_time_ms > retention_ms
+            && (reader.now - cursor.position_time_ms > reader.retention_ms
                 || cursor.inbox.inbox_seq + 1 < self.store.inbox_floor(user).await?);
         if expired {
             ::metrics::counter!(metrics::SYNC_CURSOR_EXPIRED).increment(1);
@@ -55,90 +104,142 @@ impl Timeline {
                 messages: Vec::new(),
                 // The empty cursor: start again at the oldest retained row.
                 next_cursor: String::new(),
-                has_more: head > 0,
+                has_more: inbox_head > 0,
                 pending: false,
                 cursor_expired: true,
             });
         }
 
-        let mut position = cursor.inbox;
-        let mut position_time_ms = cursor.position_time_ms;
-        if cursor.fresh {
-            // Begin at the oldest retained row: everything below the floor was dropped.
-            let floor = self.store.inbox_floor(user).await?;
-            if floor > 0 {
-                position = InboxPosition {
-                    inbox_seq: floor - 1,
-                    message_id: u64::MAX,
-                };
+        let mut inbox = InboxSource::new(self, user, &cursor, inbox_head).await?;
+        let hot_rows = self.hot_conversations_of(user).await?;
+        let hot_ids: Vec<String> = hot_rows.iter().map(|r| r.conversation_id.clone()).collect();
+        let mut positions = cursor.hot(&hot_ids);
+        let heads = if hot_ids.is_empty() {
+            Vec::new()
+        } else {
+            self.cache.hot_heads(&hot_ids).await?
+        };
+        // Sources of hot conversations that moved past the cursor, by conversation id.
+        let mut hot: HashMap<String, HotSource> = HashMap::new();
+        let mut conversations: HashMap<String, Option<ConversationRow>> = HashMap::new();
+        for (row, head) in hot_rows.iter().zip(&heads) {
+            let known = positions.get(&row.conversation_id).copied();
+            if moved(known, head) {
+                let source = HotSource::open(&reader, row, known, cursor.fresh).await?;
+                if let Some(source) = source {
+                    conversations.insert(
+                        row.conversation_id.clone(),
+                        Some(source.conversation.clone()),
+                    );
+                    hot.insert(row.conversation_id.clone(), source);
+                }
             }
         }
-        // The next inbox_seq owed to the client (sequences start at 1).
-        let mut expected = position.inbox_seq + 1;
-        let mut messages = Vec::with_capacity(limit);
-        let mut seen = HashSet::with_capacity(limit);
-        let mut pending = false;
-        let mut has_more = false;
-        let mut skipped = 0u64;
-        let mut bucket = self.bucket(position.inbox_seq);
+        let hot_members: HashSet<&str> = hot_rows
+            .iter()
+            .map(|r| r.conversation_id.as_str())
+            .collect();
 
-        'buckets: while bucket <= self.bucket(head) {
-            // One row beyond the page tells whether more exist.
+        let mut seen: HashSet<u64> = cursor.recent.iter().copied().collect();
+        let mut messages: Vec<MessageRow> = Vec::with_capacity(limit);
+        while messages.len() < limit {
             let want = limit - messages.len() + 1;
-            let rows = self.store.read_inbox(user, bucket, position, want).await?;
-            let exhausted = rows.len() < want;
-            for row in rows {
-                if messages.len() == limit {
-                    has_more = true;
-                    break 'buckets;
+            inbox.fill(&reader, want).await?;
+            // Inbox rows in a hot span belong to their hot source; a row for a hot source not
+            // opened yet (its Cache head lagged) opens it.
+            while let Some(row) = inbox.buffer.front() {
+                let id = &row.message.conversation_id;
+                if !hot_members.contains(id.as_str()) {
+                    break;
                 }
-                let expired_row = now - row.allocated_at_ms > retention_ms;
-                if row.inbox_seq > expected {
-                    if now - row.allocated_at_ms < grace_ms {
-                        pending = true;
-                        break 'buckets;
-                    }
-                    skipped += row.inbox_seq - expected;
+                if !conversations.contains_key(id) {
+                    let loaded = self.store.get_conversation(id).await?;
+                    conversations.insert(id.clone(), loaded);
                 }
-                position = InboxPosition {
-                    inbox_seq: row.inbox_seq,
-                    message_id: row.message.message_id,
-                };
-                position_time_ms = row.allocated_at_ms;
-                expected = expected.max(row.inbox_seq + 1);
-                // Rows past retention are invisible even before they are physically dropped;
-                // re-driven copies of a message share its message_id.
-                if !expired_row && seen.insert(row.message.message_id) {
-                    messages.push(row.message);
+                let in_hot_span = conversations[id]
+                    .as_ref()
+                    .is_some_and(|c| c.mode_at(row.message.conv_seq) == DeliveryMode::Hot);
+                if !in_hot_span {
+                    break;
+                }
+                if !hot.contains_key(id)
+                    && let Some(user_row) = hot_rows.iter().find(|r| &r.conversation_id == id)
+                    && let Some(source) =
+                        HotSource::open(&reader, user_row, positions.get(id).copied(), cursor.fresh)
+                            .await?
+                {
+                    hot.insert(id.clone(), source);
+                }
+                inbox.consume_front();
+                if inbox.buffer.is_empty() {
+                    inbox.fill(&reader, want).await?;
                 }
             }
-            if exhausted {
-                // Rows of the next bucket all lie after `position`: it stays as it is.
-                bucket += 1;
+            for source in hot.values_mut() {
+                source.fill(&reader, want).await?;
             }
-        }
-        if messages.len() == limit && !pending && position.inbox_seq < head {
-            has_more = true;
+            // The smallest head by message_id.
+            let inbox_head_id = inbox.buffer.front().map(|r| r.message.message_id);
+            let hot_head = hot
+                .iter()
+                .filter_map(|(id, s)| s.buffer.front().map(|m| (m.message_id, id.clone())))
+                .min();
+            let message = match (inbox_head_id, hot_head) {
+                (None, None) => break,
+                (Some(i), Some((h, _))) if i <= h => inbox.take_front(),
+                (Some(_), None) => inbox.take_front(),
+                (_, Some((_, id))) => hot.get_mut(&id).and_then(HotSource::take_front),
+            };
+            let Some(message) = message else { break };
+            if seen.insert(message.message_id) {
+                messages.push(message);
+            } else if message.kind == MessageKind::User
+                && hot_members.contains(message.conversation_id.as_str())
+            {
+                // A second copy under another conv_seq of a hot conversation (a late write
+                // rewritten): its seq is reported as a hole, keeping the sequence contiguous.
+                let hole = hole_message(
+                    &message.conversation_id,
+                    message.conv_seq,
+                    message.created_at_ms,
+                );
+                if seen.insert(hole.message_id) {
+                    messages.push(hole);
+                }
+            }
         }
 
-        if !has_more && !pending {
-            // Caught up: rows after `position` are allocated from about now on (writes in
-            // flight at most a grace period earlier).
-            position_time_ms = position_time_ms.max(now - grace_ms);
-        }
+        let pending = inbox.blocked || hot.values().any(|s| s.blocked);
+        let has_more = messages.len() == limit
+            && (!inbox.buffer.is_empty()
+                || (!inbox.blocked && inbox.position.inbox_seq < inbox_head)
+                || hot
+                    .values()
+                    .any(|s| !s.buffer.is_empty() || (!s.blocked && !s.exhausted)));
         if pending {
             ::metrics::counter!(metrics::SYNC_PENDING).increment(1);
         }
-        if skipped > 0 {
-            ::metrics::counter!(metrics::SYNC_GAPS_SKIPPED).increment(skipped);
-        }
         ::metrics::histogram!(metrics::SYNC_ITEMS).record(messages.len() as f64);
-        let next = Cursor {
-            fresh: false,
-            inbox: position,
-            position_time_ms,
-            epoch,
+        ::metrics::histogram!(metrics::SYNC_SOURCES).record((1 + hot.len()) as f64);
+
+        // Positions: those read now, the rest carried over; conversations left are dropped.
+        for (id, source) in &hot {
+            positions.insert(id.clone(), source.position);
+        }
+        positions.retain(|id, _| hot_members.contains(id.as_str()));
+        let mut next = Cursor::default();
+        next.inbox = inbox.position;
+        next.epoch = epoch;
+        next.recent = cursor.recent.clone();
+        next.position_time_ms = if !inbox.blocked && inbox.buffer.is_empty() && !has_more {
+            // Caught up: rows after the position are allocated from about now on (writes
+            // in flight at most a grace period earlier).
+            inbox.position_time_ms.max(reader.now - reader.grace_ms)
+        } else {
+            inbox.position_time_ms
         };
+        next.set_hot(&positions, &hot_ids);
+        next.remember(messages.iter().map(|m| m.message_id));
         Ok(SyncPage {
             messages,
             next_cursor: next.encode(user),
@@ -147,4 +248,329 @@ impl Timeline {
             cursor_expired: false,
         })
     }
+
+    /// The user's rows of conversations that are, or were, hot: Sync reads them as sources.
+    async fn hot_conversations_of(&self, user: &str) -> TimelineResult<Vec<UserConversationRow>> {
+        read_pages(
+            ROWS_PAGE,
+            self.limits.max_conversations_per_user,
+            |after: Option<String>| async move {
+                self.store
+                    .list_user_conversations(user, after.as_deref(), ROWS_PAGE)
+                    .await
+            },
+            |r| r.conversation_id.clone(),
+            |r| r.joined_seq > 0 && r.mode == DeliveryMode::Hot,
+        )
+        .await
+    }
+
+    /// Fills an abandoned conv_seq with a hole marker, unless a row landed there meanwhile;
+    /// returns what occupies the slot afterwards.
+    pub(crate) async fn fill_hole(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+        found_by: &'static str,
+    ) -> TimelineResult<Vec<MessageRow>> {
+        let hole = hole_message(conversation_id, conv_seq, self.clock.now_ms());
+        let present = self.store.insert_hole_if_slot_empty(&hole).await?;
+        if !present.is_empty() {
+            return Ok(present);
+        }
+        ::metrics::counter!(metrics::HOLES_FILLED, "found_by" => found_by).increment(1);
+        Ok(vec![hole])
+    }
+}
+
+/// Whether a hot conversation may have something after `position` (unknown: yes).
+fn moved(position: Option<u64>, head: &Option<HotHead>) -> bool {
+    match (position, head) {
+        (Some(p), Some(h)) => h.last_seq > p,
+        _ => true,
+    }
+}
+
+impl InboxSource {
+    async fn new(t: &Timeline, user: &str, cursor: &Cursor, head: u64) -> TimelineResult<Self> {
+        let mut position = cursor.inbox;
+        if cursor.fresh {
+            // Begin at the oldest retained row: everything below the floor was dropped.
+            let floor = t.store.inbox_floor(user).await?;
+            if floor > 0 {
+                position = InboxPosition {
+                    inbox_seq: floor - 1,
+                    message_id: u64::MAX,
+                };
+            }
+        }
+        Ok(Self {
+            position,
+            position_time_ms: cursor.position_time_ms,
+            // Sequences start at 1.
+            expected: position.inbox_seq + 1,
+            bucket: t.bucket(position.inbox_seq),
+            last_bucket: t.bucket(head),
+            buffer: VecDeque::new(),
+            blocked: false,
+            exhausted: false,
+        })
+    }
+
+    /// Reads until `want` rows are buffered, the inbox ends, or a young gap blocks it.
+    async fn fill(&mut self, r: &Reader<'_>, want: usize) -> TimelineResult<()> {
+        let mut skipped = 0u64;
+        let mut after = self
+            .buffer
+            .back()
+            .map_or(self.position, |row| InboxPosition {
+                inbox_seq: row.inbox_seq,
+                message_id: row.message.message_id,
+            });
+        while self.buffer.len() < want && !self.blocked && !self.exhausted {
+            if self.bucket > self.last_bucket {
+                self.exhausted = true;
+                break;
+            }
+            let batch = want - self.buffer.len();
+            let rows = r
+                .timeline
+                .store
+                .read_inbox(r.user, self.bucket, after, batch)
+                .await?;
+            let bucket_done = rows.len() < batch;
+            for row in rows {
+                if row.inbox_seq > self.expected {
+                    if r.now - row.allocated_at_ms < r.grace_ms {
+                        self.blocked = true;
+                        break;
+                    }
+                    skipped += row.inbox_seq - self.expected;
+                }
+                self.expected = self.expected.max(row.inbox_seq + 1);
+                after = InboxPosition {
+                    inbox_seq: row.inbox_seq,
+                    message_id: row.message.message_id,
+                };
+                self.buffer.push_back(row);
+            }
+            if bucket_done && !self.blocked {
+                // Rows of the next bucket all lie after `after`.
+                self.bucket += 1;
+            }
+            // Rows past retention are invisible even before compaction drops them.
+            while self
+                .buffer
+                .front()
+                .is_some_and(|row| r.now - row.allocated_at_ms > r.retention_ms)
+            {
+                self.consume_front();
+            }
+        }
+        if skipped > 0 {
+            ::metrics::counter!(metrics::SYNC_GAPS_SKIPPED).increment(skipped);
+        }
+        Ok(())
+    }
+
+    fn consume_front(&mut self) -> Option<InboxRow> {
+        let row = self.buffer.pop_front()?;
+        self.position = InboxPosition {
+            inbox_seq: row.inbox_seq,
+            message_id: row.message.message_id,
+        };
+        self.position_time_ms = row.allocated_at_ms;
+        Some(row)
+    }
+
+    fn take_front(&mut self) -> Option<MessageRow> {
+        self.consume_front().map(|row| row.message)
+    }
+}
+
+impl HotSource {
+    /// A source for the user's hot conversation `row`, starting after `known` (the cursor's
+    /// position) or, for a conversation new to this cursor, at the first hot seq the user may
+    /// read (a fresh cursor: at most one window back). `None` when nothing is hot for the user.
+    async fn open(
+        r: &Reader<'_>,
+        row: &UserConversationRow,
+        known: Option<u64>,
+        fresh: bool,
+    ) -> TimelineResult<Option<Self>> {
+        let t = r.timeline;
+        let Some(conversation) = t.store.get_conversation(&row.conversation_id).await? else {
+            return Ok(None);
+        };
+        let upper = t
+            .current_seq(&SeqKey::Conversation(row.conversation_id.clone()))
+            .await?;
+        let position = match known {
+            Some(p) => p.max(row.joined_seq.saturating_sub(1)),
+            None => {
+                let Some(first) = conversation.next_hot_seq(row.joined_seq.max(1)) else {
+                    return Ok(None);
+                };
+                let start = first - 1;
+                if fresh {
+                    start.max(upper.saturating_sub(t.limits.hot_window as u64))
+                } else {
+                    start
+                }
+            }
+        };
+        Ok(Some(Self {
+            conversation,
+            position,
+            upper,
+            buffer: VecDeque::new(),
+            blocked: false,
+            exhausted: false,
+        }))
+    }
+
+    fn take_front(&mut self) -> Option<MessageRow> {
+        let message = self.buffer.pop_front()?;
+        self.position = self.position.max(message.conv_seq);
+        Some(message)
+    }
+
+    /// The last conv_seq buffered or delivered.
+    fn reached(&self) -> u64 {
+        self.buffer.back().map_or(self.position, |m| m.conv_seq)
+    }
+
+    /// Buffers contiguous messages after the position, up to `want`.
+    async fn fill(&mut self, r: &Reader<'_>, want: usize) -> TimelineResult<()> {
+        let t = r.timeline;
+        let id = self.conversation.conversation_id.clone();
+        while self.buffer.len() < want && !self.blocked && !self.exhausted {
+            // Fan-out spans are delivered through the inbox: skip them.
+            let Some(next) = self.conversation.next_hot_seq(self.reached() + 1) else {
+                self.exhausted = true;
+                break;
+            };
+            if next > self.upper {
+                self.exhausted = true;
+                break;
+            }
+            if self.buffer.is_empty() && next > self.position + 1 {
+                self.position = next - 1;
+            }
+            let batch = (want - self.buffer.len()).max(16);
+            let found = self.read_from(r, next, batch).await?;
+            // Contiguous from `next`; a missing seq is checked in the Store, then judged.
+            let mut expected = next;
+            let mut by_seq: std::collections::BTreeMap<u64, Vec<MessageRow>> =
+                std::collections::BTreeMap::new();
+            for m in found {
+                by_seq.entry(m.conv_seq).or_default().push(m);
+            }
+            let last_found = by_seq.keys().next_back().copied();
+            let Some(last_found) = last_found else {
+                // Nothing after `next` yet (in flight, or abandoned at the tail: the sweeper
+                // fills those).
+                self.exhausted = true;
+                break;
+            };
+            while expected <= last_found && self.buffer.len() < want {
+                if self.conversation.mode_at(expected) != DeliveryMode::Hot {
+                    break;
+                }
+                let rows = match by_seq.remove(&expected) {
+                    Some(rows) => rows,
+                    None => {
+                        let stored = read_seq(t, &id, expected).await?;
+                        if !stored.is_empty() {
+                            stored
+                        } else {
+                            let successor = by_seq.range(expected..).next().map(|(_, v)| &v[0]);
+                            match successor {
+                                Some(s) if r.now - s.created_at_ms >= r.grace_ms => {
+                                    let filled = t.fill_hole(&id, expected, "sync").await?;
+                                    for m in &filled {
+                                        if m.kind == MessageKind::Hole {
+                                            t.append_hot(m).await?;
+                                        }
+                                    }
+                                    filled
+                                }
+                                _ => {
+                                    self.blocked = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                };
+                let mut ids = HashSet::new();
+                for m in rows {
+                    if ids.insert(m.message_id) {
+                        self.buffer.push_back(m);
+                    }
+                }
+                expected += 1;
+            }
+            if self.blocked || expected <= last_found {
+                // Stopped early (want reached, a span boundary, or a young gap).
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` messages with conv_seq ≥ `from`: from the Cache window when it covers
+    /// `from`, else from `messages`.
+    async fn read_from(
+        &self,
+        r: &Reader<'_>,
+        from: u64,
+        limit: usize,
+    ) -> TimelineResult<Vec<MessageRow>> {
+        let t = r.timeline;
+        let id = &self.conversation.conversation_id;
+        if let Some(window) = t.cache.hot_read(id, from - 1, limit).await?
+            && window.low_seq <= from
+        {
+            ::metrics::counter!(metrics::HOT_WINDOW_READS, "result" => "hit").increment(1);
+            return window
+                .entries
+                .iter()
+                .map(|HotEntry { payload, .. }| decode_message(payload))
+                .collect();
+        }
+        ::metrics::counter!(metrics::HOT_WINDOW_READS, "result" => "miss").increment(1);
+        let size = t.limits.bucket_size;
+        let mut out = Vec::new();
+        let mut bucket = t.bucket(from);
+        while out.len() < limit && bucket <= t.bucket(self.upper) {
+            let range = SeqRange {
+                from: (bucket * size).max(from),
+                to: (bucket * size + size - 1).min(self.upper),
+            };
+            out.extend(
+                t.store
+                    .read_messages(id, bucket, range, ReadOrder::Ascending, limit - out.len())
+                    .await?,
+            );
+            bucket += 1;
+        }
+        Ok(out)
+    }
+}
+
+async fn read_seq(
+    t: &Timeline,
+    conversation_id: &str,
+    seq: u64,
+) -> TimelineResult<Vec<MessageRow>> {
+    Ok(t.store
+        .read_messages(
+            conversation_id,
+            t.bucket(seq),
+            SeqRange { from: seq, to: seq },
+            ReadOrder::Ascending,
+            16,
+        )
+        .await?)
 }

@@ -84,11 +84,23 @@ pub async fn claims_are_exclusive_until_they_expire(cache: &dyn Cache) {
         None
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(cache.claim("k", 4, Duration::from_millis(300)).await.unwrap(), None);
+    assert_eq!(
+        cache
+            .claim("k", 4, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
     cache.release_claim("k", 5).await.unwrap(); // not the holder: kept
-    assert_eq!(cache.claim("k", 6, Duration::from_secs(30)).await.unwrap(), Some(4));
+    assert_eq!(
+        cache.claim("k", 6, Duration::from_secs(30)).await.unwrap(),
+        Some(4)
+    );
     cache.release_claim("k", 4).await.unwrap();
-    assert_eq!(cache.claim("k", 7, Duration::from_secs(30)).await.unwrap(), None);
+    assert_eq!(
+        cache.claim("k", 7, Duration::from_secs(30)).await.unwrap(),
+        None
+    );
 }
 
 pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cache) {
