@@ -297,10 +297,7 @@ mod tests {
         let mut seen: HashMap<u32, String> = HashMap::new();
         let (a, b) = (0u64..)
             .map(|i| format!("g:{i}"))
-            .find_map(|id| match seen.insert(hash32(&id), id.clone()) {
-                Some(other) => Some((other, id)),
-                None => None,
-            })
+            .find_map(|id| seen.insert(hash32(&id), id.clone()).map(|other| (other, id)))
             .unwrap();
         let ids = vec![a.clone(), b.clone()];
         let positions = HashMap::from([(a.clone(), 1), (b.clone(), 2)]);
