@@ -139,6 +139,14 @@ pub struct Config {
     pub idempotency_ttl: HumanDuration,
     pub recovery_interval: HumanDuration,
     pub recovery_age: HumanDuration,
+    /// Members from which a conversation is hot (read at sync time instead of fanned out).
+    pub hot_threshold: u32,
+    /// Fan-out rate (members x sends per second) from which a conversation is hot.
+    pub hot_fanout_rows_per_sec: u64,
+    /// Least time between two automatic mode switches of a conversation.
+    pub mode_min_dwell: HumanDuration,
+    /// Messages of a hot conversation kept in the Cache window.
+    pub hot_window: usize,
     /// tracing filter, e.g. `info` or `timeline=debug`.
     pub log: String,
 }
@@ -171,6 +179,10 @@ impl Default for Config {
             idempotency_ttl: HumanDuration(limits.idempotency_ttl),
             recovery_interval: HumanDuration(Duration::from_secs(1)),
             recovery_age: HumanDuration(limits.recovery_age),
+            hot_threshold: limits.hot_threshold,
+            hot_fanout_rows_per_sec: limits.hot_fanout_rows_per_sec,
+            mode_min_dwell: HumanDuration(limits.mode_min_dwell),
+            hot_window: limits.hot_window,
             log: "info,fjall=warn,lsm_tree=warn".into(),
         }
     }
@@ -235,6 +247,9 @@ impl Config {
         if self.inbox_retention.0 <= self.gap_grace.0 {
             return fail("inbox_retention must be longer than gap_grace".into());
         }
+        if self.hot_window == 0 || self.hot_threshold < 2 {
+            return fail("hot_window must be positive and hot_threshold at least 2".into());
+        }
         if self.recovery_interval.0.is_zero() {
             return fail("recovery_interval must be positive".into());
         }
@@ -263,6 +278,10 @@ impl Config {
             gap_grace: self.gap_grace.0,
             idempotency_ttl: self.idempotency_ttl.0,
             recovery_age: self.recovery_age.0,
+            hot_threshold: self.hot_threshold,
+            hot_fanout_rows_per_sec: self.hot_fanout_rows_per_sec,
+            mode_min_dwell: self.mode_min_dwell.0,
+            hot_window: self.hot_window,
             ..Limits::default()
         }
     }

@@ -322,17 +322,50 @@ impl Timeline {
         Ok((conversation, member))
     }
 
-    pub async fn get_conversation(
-        &self,
-        caller: &Caller,
-        id: &str,
-    ) -> TimelineResult<ConversationView> {
+    /// Raises `last_seq` / `last_message_id` of the rows of hot conversations to their Cache
+    /// heads (one round trip; a head the Cache lost is read from the Store): hot messages do
+    /// not touch the members' rows.
+    async fn with_hot_activity(&self, rows: &mut [UserConversationRow]) -> TimelineResult<()> {
+        let hot: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].mode == DeliveryMode::Hot).collect();
+        if hot.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = hot.iter().map(|&i| rows[i].conversation_id.clone()).collect();
+        let heads = self.cache.hot_heads(&ids).await?;
+        for (&i, head) in hot.iter().zip(heads) {
+            let row = &mut rows[i];
+            let (last_seq, last_message_id) = match head {
+                Some(h) => (h.last_seq, h.last_message_id),
+                None => {
+                    let last = self.current_seq(&SeqKey::Conversation(row.conversation_id.clone())).await?;
+                    let newest = self
+                        .store
+                        .read_messages(
+                            &row.conversation_id,
+                            self.bucket(last),
+                            SeqRange { from: 0, to: last },
+                            ReadOrder::Descending,
+                            1,
+                        )
+                        .await?;
+                    newest.first().map_or((0, 0), |m| (m.conv_seq, m.message_id))
+                }
+            };
+            if last_seq > row.last_seq {
+                row.last_seq = last_seq;
+                row.last_message_id = last_message_id;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get_conversation(&self, caller: &Caller, id: &str) -> TimelineResult<ConversationView> {
         validate_conversation_id(id)?;
         let (conversation, membership) = self.require_member(&caller.user_id, id).await?;
-        let state = self
-            .store
-            .get_user_conversation(&caller.user_id, id)
-            .await?;
+        let mut state = self.store.get_user_conversation(&caller.user_id, id).await?;
+        if let Some(row) = state.as_mut() {
+            self.with_hot_activity(std::slice::from_mut(row)).await?;
+        }
         let (last_seq, read_seq) = state.as_ref().map_or((0, 0), |s| (s.last_seq, s.read_seq));
         Ok(ConversationView {
             conversation,
@@ -524,6 +557,7 @@ impl Timeline {
             |r| r.joined_seq > 0,
         )
         .await?;
+        self.with_hot_activity(&mut rows).await?;
         // Newest activity first; the id breaks ties so that pages never overlap.
         rows.sort_by(|x, y| {
             activity_key(y)
@@ -585,20 +619,19 @@ impl Timeline {
         seq: u64,
     ) -> TimelineResult<(u64, u64)> {
         validate_conversation_id(id)?;
-        let Some(row) = self
-            .store
-            .get_user_conversation(&caller.user_id, id)
-            .await?
-        else {
+        let Some(mut row) = self.store.get_user_conversation(&caller.user_id, id).await? else {
             self.require_member(&caller.user_id, id).await?;
             return Err(not_a_member(id));
         };
-        let row = self
+        self.with_hot_activity(std::slice::from_mut(&mut row)).await?;
+        // Hot conversations' last_seq comes from the Cache head, not the stored row.
+        let last_seq = row.last_seq;
+        let updated = self
             .store
-            .advance_read_seq(&caller.user_id, id, seq.min(row.last_seq))
+            .advance_read_seq(&caller.user_id, id, seq.min(last_seq))
             .await?
             .ok_or_else(|| not_a_member(id))?;
-        Ok((row.read_seq, unread(&row)))
+        Ok((updated.read_seq, last_seq.max(updated.last_seq).saturating_sub(updated.read_seq)))
     }
 }
 

@@ -18,6 +18,7 @@ use super::error::{TimelineError, TimelineResult, invalid};
 use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
+use super::sync::Filled;
 use super::{Caller, Timeline, read_pages};
 use crate::cache::{HotEntry, SeqKey, SeqRequest};
 use crate::metrics;
@@ -26,6 +27,8 @@ use crate::store::*;
 const DEFAULT_CONTENT_TYPE: &str = "text/plain";
 /// Members read per page while fanning out.
 const MEMBER_PAGE: usize = 1000;
+/// Conversations the sweeper checks per pass.
+const SWEEP_BATCH: usize = 256;
 /// Outbox entries read per shard per recovery pass.
 const RECOVERY_BATCH: usize = 256;
 /// How often a send that found its client_msg_id claimed looks for the first one's result.
@@ -495,8 +498,70 @@ impl Timeline {
         Ok(redriven)
     }
 
-    /// Runs [`Timeline::recover_pending`] every `interval` for entries older than
-    /// `recovery_age`, logging (not stopping on) failures.
+    /// Fills conv_seqs abandoned by writers that died between allocating and writing: for each
+    /// conversation whose last allocation is at least `gap_grace` old, every seq up to the
+    /// sequencer's value that has no row becomes a hole, delivered the way its mode says (a
+    /// late writer rewrites under a fresh seq, so no message hides behind a hole).
+    pub async fn sweep_abandoned(&self) -> TimelineResult<usize> {
+        let cutoff = self.clock.now_ms() - self.limits.gap_grace.as_millis() as i64;
+        let mut filled = 0;
+        for (conversation_id, allocated_at) in self.cache.active_conversations(cutoff, SWEEP_BATCH).await? {
+            let current = self
+                .current_seq(&SeqKey::Conversation(conversation_id.clone()))
+                .await?;
+            // Without a verified mark (new conversation, or the Cache lost it) look back a
+            // bucket at most.
+            let from = match self.cache.verified_seq(&conversation_id).await? {
+                Some(v) => v + 1,
+                None => current.saturating_sub(self.limits.bucket_size) + 1,
+            };
+            if let Some(conversation) = self.store.get_conversation(&conversation_id).await? {
+                for seq in self.missing_seqs(&conversation_id, from, current).await? {
+                    if let Filled::Hole(hole) = self.fill_hole(&conversation_id, seq, "sweeper").await? {
+                        match conversation.mode_at(seq) {
+                            DeliveryMode::Fanout => {
+                                self.fan_out(&hole, &[]).await?;
+                            }
+                            DeliveryMode::Hot => self.append_hot(&hole).await?,
+                        }
+                        filled += 1;
+                    }
+                }
+            }
+            self.cache
+                .mark_verified(&conversation_id, current, allocated_at)
+                .await?;
+        }
+        Ok(filled)
+    }
+
+    /// conv_seqs in `from..=to` with no row in `messages`.
+    async fn missing_seqs(&self, conversation_id: &str, from: u64, to: u64) -> TimelineResult<Vec<u64>> {
+        let size = self.limits.bucket_size;
+        let mut missing = Vec::new();
+        let mut expected = from;
+        let mut bucket = self.bucket(from);
+        while from <= to && bucket <= self.bucket(to) {
+            let range = SeqRange {
+                from: (bucket * size).max(from),
+                to: (bucket * size + size - 1).min(to),
+            };
+            let rows = self
+                .store
+                .read_messages(conversation_id, bucket, range, ReadOrder::Ascending, 2 * size as usize)
+                .await?;
+            for row in rows {
+                missing.extend(expected..row.conv_seq);
+                expected = expected.max(row.conv_seq + 1);
+            }
+            bucket += 1;
+        }
+        missing.extend(expected..=to);
+        Ok(missing)
+    }
+
+    /// Runs [`Timeline::recover_pending`] and [`Timeline::sweep_abandoned`] every `interval`
+    /// (outbox entries older than `recovery_age`), logging (not stopping on) failures.
     pub fn spawn_recovery(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let timeline = Arc::clone(self);
         tokio::spawn(async move {
@@ -509,6 +574,11 @@ impl Timeline {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(redriven = n, "recovery re-drove pending fan-outs"),
                     Err(e) => tracing::warn!(error = %e, "recovery pass failed"),
+                }
+                match timeline.sweep_abandoned().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(holes = n, "filled abandoned conv_seqs"),
+                    Err(e) => tracing::warn!(error = %e, "sweep for abandoned seqs failed"),
                 }
             }
         })

@@ -265,22 +265,29 @@ impl Timeline {
         .await
     }
 
-    /// Fills an abandoned conv_seq with a hole marker, unless a row landed there meanwhile;
-    /// returns what occupies the slot afterwards.
+    /// Fills an abandoned conv_seq with a hole marker, unless a row landed there meanwhile.
     pub(crate) async fn fill_hole(
         &self,
         conversation_id: &str,
         conv_seq: u64,
         found_by: &'static str,
-    ) -> TimelineResult<Vec<MessageRow>> {
+    ) -> TimelineResult<Filled> {
         let hole = hole_message(conversation_id, conv_seq, self.clock.now_ms());
         let present = self.store.insert_hole_if_slot_empty(&hole).await?;
         if !present.is_empty() {
-            return Ok(present);
+            return Ok(Filled::Present(present));
         }
         ::metrics::counter!(metrics::HOLES_FILLED, "found_by" => found_by).increment(1);
-        Ok(vec![hole])
+        Ok(Filled::Hole(hole))
     }
+}
+
+/// What occupies an abandoned slot after [`Timeline::fill_hole`].
+pub(crate) enum Filled {
+    /// This call wrote the hole: deliver it.
+    Hole(MessageRow),
+    /// Rows already there (a late write, or a hole delivered before).
+    Present(Vec<MessageRow>),
 }
 
 /// Whether a hot conversation may have something after `position` (unknown: yes).
@@ -487,13 +494,13 @@ impl HotSource {
                             let successor = by_seq.range(expected..).next().map(|(_, v)| &v[0]);
                             match successor {
                                 Some(s) if r.now - s.created_at_ms >= r.grace_ms => {
-                                    let filled = t.fill_hole(&id, expected, "sync").await?;
-                                    for m in &filled {
-                                        if m.kind == MessageKind::Hole {
-                                            t.append_hot(m).await?;
+                                    match t.fill_hole(&id, expected, "sync").await? {
+                                        Filled::Hole(hole) => {
+                                            t.append_hot(&hole).await?;
+                                            vec![hole]
                                         }
+                                        Filled::Present(rows) => rows,
                                     }
-                                    filled
                                 }
                                 _ => {
                                     self.blocked = true;
