@@ -326,18 +326,25 @@ impl Timeline {
     /// heads (one round trip; a head the Cache lost is read from the Store): hot messages do
     /// not touch the members' rows.
     async fn with_hot_activity(&self, rows: &mut [UserConversationRow]) -> TimelineResult<()> {
-        let hot: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].mode == DeliveryMode::Hot).collect();
+        let hot: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].mode == DeliveryMode::Hot)
+            .collect();
         if hot.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = hot.iter().map(|&i| rows[i].conversation_id.clone()).collect();
+        let ids: Vec<String> = hot
+            .iter()
+            .map(|&i| rows[i].conversation_id.clone())
+            .collect();
         let heads = self.cache.hot_heads(&ids).await?;
         for (&i, head) in hot.iter().zip(heads) {
             let row = &mut rows[i];
             let (last_seq, last_message_id) = match head {
                 Some(h) => (h.last_seq, h.last_message_id),
                 None => {
-                    let last = self.current_seq(&SeqKey::Conversation(row.conversation_id.clone())).await?;
+                    let last = self
+                        .current_seq(&SeqKey::Conversation(row.conversation_id.clone()))
+                        .await?;
                     let newest = self
                         .store
                         .read_messages(
@@ -348,7 +355,9 @@ impl Timeline {
                             1,
                         )
                         .await?;
-                    newest.first().map_or((0, 0), |m| (m.conv_seq, m.message_id))
+                    newest
+                        .first()
+                        .map_or((0, 0), |m| (m.conv_seq, m.message_id))
                 }
             };
             if last_seq > row.last_seq {
@@ -359,10 +368,17 @@ impl Timeline {
         Ok(())
     }
 
-    pub async fn get_conversation(&self, caller: &Caller, id: &str) -> TimelineResult<ConversationView> {
+    pub async fn get_conversation(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> TimelineResult<ConversationView> {
         validate_conversation_id(id)?;
         let (conversation, membership) = self.require_member(&caller.user_id, id).await?;
-        let mut state = self.store.get_user_conversation(&caller.user_id, id).await?;
+        let mut state = self
+            .store
+            .get_user_conversation(&caller.user_id, id)
+            .await?;
         if let Some(row) = state.as_mut() {
             self.with_hot_activity(std::slice::from_mut(row)).await?;
         }
@@ -619,11 +635,16 @@ impl Timeline {
         seq: u64,
     ) -> TimelineResult<(u64, u64)> {
         validate_conversation_id(id)?;
-        let Some(mut row) = self.store.get_user_conversation(&caller.user_id, id).await? else {
+        let Some(mut row) = self
+            .store
+            .get_user_conversation(&caller.user_id, id)
+            .await?
+        else {
             self.require_member(&caller.user_id, id).await?;
             return Err(not_a_member(id));
         };
-        self.with_hot_activity(std::slice::from_mut(&mut row)).await?;
+        self.with_hot_activity(std::slice::from_mut(&mut row))
+            .await?;
         // Hot conversations' last_seq comes from the Cache head, not the stored row.
         let last_seq = row.last_seq;
         let updated = self
@@ -631,7 +652,12 @@ impl Timeline {
             .advance_read_seq(&caller.user_id, id, seq.min(last_seq))
             .await?
             .ok_or_else(|| not_a_member(id))?;
-        Ok((updated.read_seq, last_seq.max(updated.last_seq).saturating_sub(updated.read_seq)))
+        Ok((
+            updated.read_seq,
+            last_seq
+                .max(updated.last_seq)
+                .saturating_sub(updated.read_seq),
+        ))
     }
 }
 

@@ -297,7 +297,10 @@ mod tests {
         let mut seen: HashMap<u32, String> = HashMap::new();
         let (a, b) = (0u64..)
             .map(|i| format!("g:{i}"))
-            .find_map(|id| seen.insert(hash32(&id), id.clone()).map(|other| (other, id)))
+            .find_map(|id| {
+                seen.insert(hash32(&id), id.clone())
+                    .map(|other| (other, id))
+            })
             .unwrap();
         let ids = vec![a.clone(), b.clone()];
         let positions = HashMap::from([(a.clone(), 1), (b.clone(), 2)]);

@@ -505,7 +505,9 @@ impl Timeline {
     pub async fn sweep_abandoned(&self) -> TimelineResult<usize> {
         let cutoff = self.clock.now_ms() - self.limits.gap_grace.as_millis() as i64;
         let mut filled = 0;
-        for (conversation_id, allocated_at) in self.cache.active_conversations(cutoff, SWEEP_BATCH).await? {
+        for (conversation_id, allocated_at) in
+            self.cache.active_conversations(cutoff, SWEEP_BATCH).await?
+        {
             let current = self
                 .current_seq(&SeqKey::Conversation(conversation_id.clone()))
                 .await?;
@@ -517,7 +519,9 @@ impl Timeline {
             };
             if let Some(conversation) = self.store.get_conversation(&conversation_id).await? {
                 for seq in self.missing_seqs(&conversation_id, from, current).await? {
-                    if let Filled::Hole(hole) = self.fill_hole(&conversation_id, seq, "sweeper").await? {
+                    if let Filled::Hole(hole) =
+                        self.fill_hole(&conversation_id, seq, "sweeper").await?
+                    {
                         match conversation.mode_at(seq) {
                             DeliveryMode::Fanout => {
                                 self.fan_out(&hole, &[]).await?;
@@ -536,7 +540,12 @@ impl Timeline {
     }
 
     /// conv_seqs in `from..=to` with no row in `messages`.
-    async fn missing_seqs(&self, conversation_id: &str, from: u64, to: u64) -> TimelineResult<Vec<u64>> {
+    async fn missing_seqs(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+    ) -> TimelineResult<Vec<u64>> {
         let size = self.limits.bucket_size;
         let mut missing = Vec::new();
         let mut expected = from;
@@ -548,7 +557,13 @@ impl Timeline {
             };
             let rows = self
                 .store
-                .read_messages(conversation_id, bucket, range, ReadOrder::Ascending, 2 * size as usize)
+                .read_messages(
+                    conversation_id,
+                    bucket,
+                    range,
+                    ReadOrder::Ascending,
+                    2 * size as usize,
+                )
                 .await?;
             for row in rows {
                 missing.extend(expected..row.conv_seq);

@@ -20,11 +20,20 @@ use tonic::transport::Channel;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
-/// Adds the `authorization` header to every call.
-pub type AuthInterceptor =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+/// Sends `authorization` (when set) with every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
-pub type Client = TimelineServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = TimelineServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -124,12 +133,6 @@ pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
         .connect()
         .await
         .expect("connect");
-    let value: Option<MetadataValue<_>> = header.map(|h| h.parse().expect("ascii header"));
-    let interceptor: AuthInterceptor = Box::new(move |mut req: tonic::Request<()>| {
-        if let Some(v) = &value {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    });
-    TimelineServiceClient::with_interceptor(channel, interceptor)
+    let value = header.map(|h| h.parse().expect("ascii header"));
+    TimelineServiceClient::with_interceptor(channel, Bearer(value))
 }
