@@ -23,4 +23,6 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
 pub mod timeline;

@@ -498,11 +498,17 @@ impl Store for EmbeddedStore {
         .map(drop)
     }
 
-    async fn upsert_member(&self, row: &MemberRow) -> StoreResult<()> {
-        let k = key_with_suffix(&row.conversation_id, &row.user_id);
-        let v = encode(row)?;
+    async fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()> {
+        let member_key = key_with_suffix(&member.conversation_id, &member.user_id);
+        let member_value = encode(member)?;
+        let user_key = user_conversation_key(&user_row.user_id, &user_row.conversation_id);
+        let mut user_row = user_row.clone();
         self.write(Box::new(move |t, batch| {
-            batch.insert(&t.members, k, v);
+            if let Some(existing) = get::<UserConversationRow>(&t.user_conversations, &user_key)? {
+                user_row.mode = user_row.mode.max(existing.mode);
+            }
+            batch.insert(&t.members, member_key, member_value);
+            batch.insert(&t.user_conversations, user_key, encode(&user_row)?);
             Ok(Outcome::Done)
         }))
         .await

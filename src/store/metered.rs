@@ -23,7 +23,7 @@ timed_decorator! {
     fn update_conversation_mode(&self, conversation_id: &str, spans: &[ModeSpan], forced: bool, changed_at_ms: i64) -> StoreResult<()>;
     fn raise_user_conversation_mode(&self, user_id: &str, conversation_id: &str, mode: DeliveryMode) -> StoreResult<()>;
     fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>>;
-    fn upsert_member(&self, row: &MemberRow) -> StoreResult<()>;
+    fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()>;
     fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
     fn get_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<Option<MemberRow>>;
     fn list_members(&self, conversation_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<MemberRow>>;

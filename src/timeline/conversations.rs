@@ -209,16 +209,17 @@ impl Timeline {
             mode_forced: false,
             mode_changed_at_ms: self.clock.now_ms(),
         };
-        let existing = self.store.insert_conversation_if_absent(&row).await?;
-        let created = existing.is_none();
-        let conversation = existing.unwrap_or(row);
+        // Both memberships first: a direct conversation row then always has its two members,
+        // however a creation was interrupted (the next send completes it).
         for user in [a, b] {
             if self.store.get_member(id, &user).await?.is_none() {
                 // Direct chats show their whole history to both users.
-                self.join_all(&conversation, [(user, Role::Member)], 1)
-                    .await?;
+                self.join_all(&row, [(user, Role::Member)], 1).await?;
             }
         }
+        let existing = self.store.insert_conversation_if_absent(&row).await?;
+        let created = existing.is_none();
+        let conversation = existing.unwrap_or(row);
         Ok((conversation, created))
     }
 
@@ -231,6 +232,10 @@ impl Timeline {
     ) -> TimelineResult<Vec<MemberRow>> {
         let now = self.clock.now_ms();
         let id = &conversation.conversation_id;
+        let mode_of = |c: &ConversationRow| {
+            if c.ever_hot() { DeliveryMode::Hot } else { DeliveryMode::Fanout }
+        };
+        let mode = mode_of(conversation);
         let members: Vec<MemberRow> = users
             .into_iter()
             .map(|(user_id, role)| MemberRow {
@@ -241,20 +246,6 @@ impl Timeline {
                 joined_at_ms: now,
             })
             .collect();
-        let writes: Vec<_> = members
-            .iter()
-            .map(|m| self.store.upsert_member(m))
-            .collect();
-        stream::iter(writes)
-            .buffer_unordered(JOIN_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        // The mode is read after the member rows exist: a concurrent switch to hot either is
-        // seen here, or its flagging pass (which lists members after publishing) sees them.
-        let mode = match self.store.get_conversation(id).await? {
-            Some(c) if c.ever_hot() => DeliveryMode::Hot,
-            _ => DeliveryMode::Fanout,
-        };
         let rows: Vec<UserConversationRow> = members
             .iter()
             .map(|m| UserConversationRow {
@@ -270,14 +261,28 @@ impl Timeline {
                 joined_at_ms: now,
             })
             .collect();
-        let writes: Vec<_> = rows
+        let writes: Vec<_> = members
             .iter()
-            .map(|r| self.store.upsert_user_conversation(r))
+            .zip(&rows)
+            .map(|(m, r)| self.store.add_member(m, r))
             .collect();
         stream::iter(writes)
             .buffer_unordered(JOIN_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        // The mode is read again after the member rows exist: a concurrent switch to hot
+        // either is seen here, or its flagging pass (which lists members after publishing)
+        // sees them.
+        if mode == DeliveryMode::Fanout
+            && let Some(current) = self.store.get_conversation(id).await?
+            && mode_of(&current) == DeliveryMode::Hot
+        {
+            for m in &members {
+                self.store
+                    .raise_user_conversation_mode(&m.user_id, id, DeliveryMode::Hot)
+                    .await?;
+            }
+        }
         Ok(members)
     }
 

@@ -10,6 +10,8 @@ mod error;
 mod history;
 pub mod ids;
 mod mode;
+#[cfg(test)]
+mod property_tests;
 mod send;
 mod sequencer;
 mod sync;
@@ -83,6 +85,23 @@ pub struct Limits {
     pub mode_min_dwell: Duration,
     /// Messages kept in a hot conversation's Cache window.
     pub hot_window: usize,
+    /// How long a send whose client_msg_id another request holds waits for that one's result.
+    pub send_claim_wait: Duration,
+    /// A deliberately broken pipeline, to prove the property test catches it.
+    #[cfg(test)]
+    pub(crate) broken: Option<Broken>,
+}
+
+/// Deliberately broken variants of the pipeline: only tests construct them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Broken {
+    /// The Sync merge does not deduplicate by message_id.
+    NoDedupe,
+    /// Abandoned conv_seqs are skipped instead of filled with holes.
+    NoHoles,
+    /// Sends write no outbox entry, so an interrupted fan-out is never re-driven.
+    NoOutbox,
 }
 
 impl Default for Limits {
@@ -110,6 +129,9 @@ impl Default for Limits {
             hot_fanout_rows_per_sec: 20_000,
             mode_min_dwell: Duration::from_secs(60),
             hot_window: 1000,
+            send_claim_wait: Duration::from_secs(2),
+            #[cfg(test)]
+            broken: None,
         }
     }
 }
@@ -146,6 +168,17 @@ impl Timeline {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn broken(&self, variant: Broken) -> bool {
+        self.limits.broken == Some(variant)
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn broken(&self, _: Broken) -> bool {
+        false
     }
 
     pub(crate) fn bucket(&self, seq: u64) -> u64 {

@@ -19,7 +19,7 @@ use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
 use super::sync::Filled;
-use super::{Caller, Timeline, read_pages};
+use super::{Broken, Caller, Timeline, read_pages};
 use crate::cache::{HotEntry, SeqKey, SeqRequest};
 use crate::metrics;
 use crate::store::*;
@@ -33,7 +33,6 @@ const SWEEP_BATCH: usize = 256;
 const RECOVERY_BATCH: usize = 256;
 /// How often a send that found its client_msg_id claimed looks for the first one's result.
 const CLAIM_POLL: Duration = Duration::from_millis(25);
-const CLAIM_WAIT: Duration = Duration::from_secs(2);
 /// A send rewritten this often and still late gives up rewriting (its last copy stands).
 const MAX_LATE_REWRITES: u32 = 3;
 
@@ -107,7 +106,9 @@ impl Timeline {
         };
         // Only fan-out needs the outbox (a hot message is read from `messages` itself); the
         // mode read here is a hint, the one read after the write decides.
-        let with_outbox = conversation.mode() == DeliveryMode::Fanout;
+        let with_outbox =
+            conversation.mode() == DeliveryMode::Fanout && !self.broken(Broken::NoOutbox);
+        let mut abandoned = Vec::new();
         // A write that lands later than gap_grace/2 after its seq was allocated may have been
         // given up by a reader as abandoned: it is written again under a fresh seq.
         for attempt in 0.. {
@@ -132,8 +133,17 @@ impl Timeline {
                 break;
             }
             ::metrics::counter!(metrics::LATE_REWRITES, "what" => "message").increment(1);
+            abandoned.push(message.conv_seq);
         }
-        self.deliver(&message, with_outbox).await?;
+        let conversation = self.deliver(&message, with_outbox).await?;
+        // A seq given up by a late rewrite holds a stale copy in `messages` (hot readers turn
+        // the second copy into a hole); fan-out readers get a hole for it explicitly.
+        for seq in abandoned {
+            if conversation.mode_at(seq) == DeliveryMode::Fanout {
+                let hole = hole_message(&message.conversation_id, seq, self.clock.now_ms());
+                self.fan_out(&hole, &[]).await?;
+            }
+        }
         Ok(message)
     }
 
@@ -174,7 +184,11 @@ impl Timeline {
     /// Delivers a durably written message the way its conv_seq's mode says, as read *after*
     /// the write (see `mode.rs` for why that ordering never loses a message), then lets the
     /// conversation switch mode if its size or fan-out rate calls for it.
-    async fn deliver(&self, message: &MessageRow, outbox_written: bool) -> TimelineResult<()> {
+    async fn deliver(
+        &self,
+        message: &MessageRow,
+        outbox_written: bool,
+    ) -> TimelineResult<ConversationRow> {
         let conversation = self
             .store
             .get_conversation(&message.conversation_id)
@@ -187,7 +201,7 @@ impl Timeline {
             })?;
         let rows = match conversation.mode_at(message.conv_seq) {
             DeliveryMode::Fanout => {
-                if !outbox_written {
+                if !outbox_written && !self.broken(Broken::NoOutbox) {
                     self.store
                         .write_message(&MessageWrite {
                             message: message.clone(),
@@ -217,10 +231,22 @@ impl Timeline {
                 u64::from(conversation.member_count)
             }
         };
-        let rate =
-            self.fanout_rates
-                .record(&conversation.conversation_id, rows, self.clock.now_ms());
-        self.maybe_switch(&conversation, rate).await
+        let rate = self
+            .fanout_rates
+            .record(&conversation.conversation_id, rows, self.clock.now_ms());
+        self.maybe_switch(&conversation, rate).await?;
+        Ok(conversation)
+    }
+
+    /// Adds a repaired entry (a hole) to the conversation's window if it has one. A window
+    /// lost with the Cache is not recreated from an old seq: its head would claim the
+    /// conversation ends there; readers read `messages` until a send recreates it.
+    pub(crate) async fn append_hot_repair(&self, message: &MessageRow) -> TimelineResult<()> {
+        let id = std::slice::from_ref(&message.conversation_id);
+        if self.cache.hot_heads(id).await?[0].is_some() {
+            self.append_hot(message).await?;
+        }
+        Ok(())
     }
 
     /// Adds a message to its hot conversation's Cache window: one atomic append, whatever the
@@ -305,7 +331,7 @@ impl Timeline {
             return self.replay(caller, req).await;
         }
         let waited = tokio::time::Instant::now();
-        while waited.elapsed() < CLAIM_WAIT.min(self.limits.send_claim_lease) {
+        while waited.elapsed() < self.limits.send_claim_wait.min(self.limits.send_claim_lease) {
             tokio::time::sleep(CLAIM_POLL).await;
             if let Some(first) = self.replay(caller, req).await? {
                 return Ok(Some(first));
@@ -503,6 +529,9 @@ impl Timeline {
     /// sequencer's value that has no row becomes a hole, delivered the way its mode says (a
     /// late writer rewrites under a fresh seq, so no message hides behind a hole).
     pub async fn sweep_abandoned(&self) -> TimelineResult<usize> {
+        if self.broken(Broken::NoHoles) {
+            return Ok(0);
+        }
         let cutoff = self.clock.now_ms() - self.limits.gap_grace.as_millis() as i64;
         let mut filled = 0;
         for (conversation_id, allocated_at) in
@@ -518,7 +547,17 @@ impl Timeline {
                 None => current.saturating_sub(self.limits.bucket_size) + 1,
             };
             if let Some(conversation) = self.store.get_conversation(&conversation_id).await? {
-                for seq in self.missing_seqs(&conversation_id, from, current).await? {
+                let (present, missing) = self.scan_seqs(&conversation_id, from, current).await?;
+                // A hot message whose window append never happened (its sender died after the
+                // durable write) is appended now: the head is what tells Sync it moved.
+                let head = self.cache.hot_heads(std::slice::from_ref(&conversation_id)).await?[0];
+                for row in present.iter().filter(|m| {
+                    conversation.mode_at(m.conv_seq) == DeliveryMode::Hot
+                        && head.is_none_or(|h| m.conv_seq > h.last_seq)
+                }) {
+                    self.append_hot(row).await?;
+                }
+                for seq in missing {
                     if let Filled::Hole(hole) =
                         self.fill_hole(&conversation_id, seq, "sweeper").await?
                     {
@@ -526,7 +565,7 @@ impl Timeline {
                             DeliveryMode::Fanout => {
                                 self.fan_out(&hole, &[]).await?;
                             }
-                            DeliveryMode::Hot => self.append_hot(&hole).await?,
+                            DeliveryMode::Hot => self.append_hot_repair(&hole).await?,
                         }
                         filled += 1;
                     }
@@ -539,14 +578,15 @@ impl Timeline {
         Ok(filled)
     }
 
-    /// conv_seqs in `from..=to` with no row in `messages`.
-    async fn missing_seqs(
+    /// The rows of `from..=to` in `messages`, and the conv_seqs there without one.
+    async fn scan_seqs(
         &self,
         conversation_id: &str,
         from: u64,
         to: u64,
-    ) -> TimelineResult<Vec<u64>> {
+    ) -> TimelineResult<(Vec<MessageRow>, Vec<u64>)> {
         let size = self.limits.bucket_size;
+        let mut present = Vec::new();
         let mut missing = Vec::new();
         let mut expected = from;
         let mut bucket = self.bucket(from);
@@ -568,11 +608,12 @@ impl Timeline {
             for row in rows {
                 missing.extend(expected..row.conv_seq);
                 expected = expected.max(row.conv_seq + 1);
+                present.push(row);
             }
             bucket += 1;
         }
         missing.extend(expected..=to);
-        Ok(missing)
+        Ok((present, missing))
     }
 
     /// Runs [`Timeline::recover_pending`] and [`Timeline::sweep_abandoned`] every `interval`

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::cursor::Cursor;
 use super::error::TimelineResult;
 use super::send::decode_message;
-use super::{Caller, Timeline, page_size, read_pages};
+use super::{Broken, Caller, Timeline, page_size, read_pages};
 use crate::cache::{HotEntry, HotHead, SeqKey};
 use crate::metrics;
 use crate::store::*;
@@ -184,20 +184,19 @@ impl Timeline {
                 .iter()
                 .filter_map(|(id, s)| s.buffer.front().map(|m| (m.message_id, id.clone())))
                 .min();
-            let message = match (inbox_head_id, hot_head) {
+            let (message, from_hot) = match (inbox_head_id, hot_head) {
                 (None, None) => break,
-                (Some(i), Some((h, _))) if i <= h => inbox.take_front(),
-                (Some(_), None) => inbox.take_front(),
-                (_, Some((_, id))) => hot.get_mut(&id).and_then(HotSource::take_front),
+                (Some(i), Some((h, _))) if i <= h => (inbox.take_front(), false),
+                (Some(_), None) => (inbox.take_front(), false),
+                (_, Some((_, id))) => (hot.get_mut(&id).and_then(HotSource::take_front), true),
             };
             let Some(message) = message else { break };
-            if seen.insert(message.message_id) {
+            if seen.insert(message.message_id) || self.broken(Broken::NoDedupe) {
                 messages.push(message);
-            } else if message.kind == MessageKind::User
-                && hot_members.contains(message.conversation_id.as_str())
-            {
-                // A second copy under another conv_seq of a hot conversation (a late write
-                // rewritten): its seq is reported as a hole, keeping the sequence contiguous.
+            } else if from_hot && message.kind == MessageKind::User {
+                // A hot source delivers each conv_seq once, so a second copy sits under
+                // another conv_seq (a late write rewritten): that seq is reported as a hole,
+                // keeping the sequence contiguous.
                 let hole = hole_message(
                     &message.conversation_id,
                     message.conv_seq,
@@ -493,10 +492,11 @@ impl HotSource {
                         } else {
                             let successor = by_seq.range(expected..).next().map(|(_, v)| &v[0]);
                             match successor {
+                                Some(_) if t.broken(Broken::NoHoles) => Vec::new(),
                                 Some(s) if r.now - s.created_at_ms >= r.grace_ms => {
                                     match t.fill_hole(&id, expected, "sync").await? {
                                         Filled::Hole(hole) => {
-                                            t.append_hot(&hole).await?;
+                                            t.append_hot_repair(&hole).await?;
                                             vec![hole]
                                         }
                                         Filled::Present(rows) => rows,
@@ -527,28 +527,28 @@ impl HotSource {
     }
 
     /// Up to `limit` messages with conv_seq ≥ `from`: from the Cache window when it covers
-    /// `from`, else from `messages`.
-    async fn read_from(
-        &self,
-        r: &Reader<'_>,
-        from: u64,
-        limit: usize,
-    ) -> TimelineResult<Vec<MessageRow>> {
+    /// `from`, and from `messages` for what the window lacks (not covered, or running out
+    /// below the sequencer's value: a window rebuilt after a Cache loss holds only what was
+    /// appended since).
+    async fn read_from(&self, r: &Reader<'_>, from: u64, limit: usize) -> TimelineResult<Vec<MessageRow>> {
         let t = r.timeline;
         let id = &self.conversation.conversation_id;
+        let mut out = Vec::new();
         if let Some(window) = t.cache.hot_read(id, from - 1, limit).await?
             && window.low_seq <= from
         {
+            for HotEntry { payload, .. } in &window.entries {
+                out.push(decode_message(payload)?);
+            }
+        }
+        let tail_from = out.last().map_or(from, |m| m.conv_seq + 1);
+        if out.len() >= limit || tail_from > self.upper {
             ::metrics::counter!(metrics::HOT_WINDOW_READS, "result" => "hit").increment(1);
-            return window
-                .entries
-                .iter()
-                .map(|HotEntry { payload, .. }| decode_message(payload))
-                .collect();
+            return Ok(out);
         }
         ::metrics::counter!(metrics::HOT_WINDOW_READS, "result" => "miss").increment(1);
+        let from = tail_from;
         let size = t.limits.bucket_size;
-        let mut out = Vec::new();
         let mut bucket = t.bucket(from);
         while out.len() < limit && bucket <= t.bucket(self.upper) {
             let range = SeqRange {
