@@ -71,7 +71,11 @@ enum Verdict {
 
 impl FaultPlan {
     pub fn new(clock: Arc<ManualClock>, cache: Arc<LocalCache>) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new((None, 0)), clock, cache })
+        Arc::new(Self {
+            state: Mutex::new((None, 0)),
+            clock,
+            cache,
+        })
     }
 
     pub fn arm(&self, fault: Option<Fault>) {

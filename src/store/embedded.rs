@@ -498,7 +498,11 @@ impl Store for EmbeddedStore {
         .map(drop)
     }
 
-    async fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()> {
+    async fn add_member(
+        &self,
+        member: &MemberRow,
+        user_row: &UserConversationRow,
+    ) -> StoreResult<()> {
         let member_key = key_with_suffix(&member.conversation_id, &member.user_id);
         let member_value = encode(member)?;
         let user_key = user_conversation_key(&user_row.user_id, &user_row.conversation_id);

@@ -66,7 +66,11 @@ pub trait Store: Send + Sync + 'static {
     /// The member row and the member's `user_conversations` row, as one unit (a logged batch
     /// on ScyllaDB): no member exists without its read state. The user row's `mode` never goes
     /// down (as in `upsert_user_conversation`).
-    async fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()>;
+    async fn add_member(
+        &self,
+        member: &MemberRow,
+        user_row: &UserConversationRow,
+    ) -> StoreResult<()>;
     async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
     async fn get_member(
         &self,

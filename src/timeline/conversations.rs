@@ -233,7 +233,11 @@ impl Timeline {
         let now = self.clock.now_ms();
         let id = &conversation.conversation_id;
         let mode_of = |c: &ConversationRow| {
-            if c.ever_hot() { DeliveryMode::Hot } else { DeliveryMode::Fanout }
+            if c.ever_hot() {
+                DeliveryMode::Hot
+            } else {
+                DeliveryMode::Fanout
+            }
         };
         let mode = mode_of(conversation);
         let members: Vec<MemberRow> = users

@@ -1,12 +1,12 @@
 //! GetHistory (DESIGN §6): one conversation backwards by conv_seq, members only, nothing
 //! before the caller's joined_seq. Walks `(conversation_id, bucket)` partitions downwards.
 
+use super::Broken;
 use super::error::TimelineResult;
 use super::ids::validate_conversation_id;
+use super::sync::Filled;
 use super::{Caller, Timeline, page_size};
 use crate::cache::SeqKey;
-use super::Broken;
-use super::sync::Filled;
 use crate::store::{DeliveryMode, MessageRow, ReadOrder, SeqRange};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +64,11 @@ impl Timeline {
                 Filled::Present(rows) => messages.extend(rows),
             }
         }
-        messages.sort_by(|a, b| b.conv_seq.cmp(&a.conv_seq).then(a.message_id.cmp(&b.message_id)));
+        messages.sort_by(|a, b| {
+            b.conv_seq
+                .cmp(&a.conv_seq)
+                .then(a.message_id.cmp(&b.message_id))
+        });
         Ok(())
     }
 
@@ -115,7 +119,8 @@ impl Timeline {
         }
         // Everything down to `lowest` was read when the page came back short.
         let bottom = (messages.len() <= limit).then_some(lowest);
-        self.repair_gaps(conversation_id, &mut messages, bottom).await?;
+        self.repair_gaps(conversation_id, &mut messages, bottom)
+            .await?;
         let has_more = messages.len() > limit;
         messages.truncate(limit);
         let next_before_seq = messages.last().map_or(0, |m| m.conv_seq);

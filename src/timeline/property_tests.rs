@@ -41,7 +41,11 @@ fn user(u: usize) -> String {
 }
 
 fn caller(u: usize, device: usize) -> Caller {
-    Caller { user_id: user(u), device_id: format!("d{device}"), admin: true }
+    Caller {
+        user_id: user(u),
+        device_id: format!("d{device}"),
+        admin: true,
+    }
 }
 
 /// conv 0 and 1 are the groups; 2 is the sender's direct chat with the next user.
@@ -50,21 +54,50 @@ fn conversation_id(sender: usize, conv: usize) -> String {
         0 | 1 => GROUPS[conv].to_owned(),
         _ => {
             let (a, b) = (user(sender), user((sender + 1) % USERS));
-            if a < b { format!("d:{a}:{b}") } else { format!("d:{b}:{a}") }
+            if a < b {
+                format!("d:{a}:{b}")
+            } else {
+                format!("d:{b}:{a}")
+            }
         }
     }
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Send { sender: usize, conv: usize, fault: Option<Fault> },
-    Retry { sender: usize, fault: Option<Fault> },
-    Join { user: usize, group: usize },
-    Leave { user: usize, group: usize },
-    Force { group: usize, hot: bool },
-    Sync { user: usize, device: usize, limit: u32 },
-    MarkRead { user: usize, conv: usize },
-    Advance { ms: u64 },
+    Send {
+        sender: usize,
+        conv: usize,
+        fault: Option<Fault>,
+    },
+    Retry {
+        sender: usize,
+        fault: Option<Fault>,
+    },
+    Join {
+        user: usize,
+        group: usize,
+    },
+    Leave {
+        user: usize,
+        group: usize,
+    },
+    Force {
+        group: usize,
+        hot: bool,
+    },
+    Sync {
+        user: usize,
+        device: usize,
+        limit: u32,
+    },
+    MarkRead {
+        user: usize,
+        conv: usize,
+    },
+    Advance {
+        ms: u64,
+    },
     Settle,
     ResetCache,
 }
@@ -128,8 +161,9 @@ type Check = Result<(), TestCaseError>;
 impl World {
     async fn new(broken: Option<Broken>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let embedded = EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 8))
-            .expect("store");
+        let embedded =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 8))
+                .expect("store");
         let local = Arc::new(LocalCache::new());
         let clock = ManualClock::new(1_800_000_000_000);
         let plan = FaultPlan::new(clock.clone(), local.clone());
@@ -145,8 +179,14 @@ impl World {
             ..Limits::default()
         };
         let timeline = Timeline::new(
-            Arc::new(FaultyStore { inner: embedded, plan: plan.clone() }),
-            Arc::new(FaultyCache { inner: local, plan: plan.clone() }),
+            Arc::new(FaultyStore {
+                inner: embedded,
+                plan: plan.clone(),
+            }),
+            Arc::new(FaultyCache {
+                inner: local,
+                plan: plan.clone(),
+            }),
             limits,
             clock.clone(),
         );
@@ -154,7 +194,9 @@ impl World {
             timeline,
             clock,
             plan,
-            devices: (0..USERS).map(|_| (0..DEVICES).map(|_| Device::default()).collect()).collect(),
+            devices: (0..USERS)
+                .map(|_| (0..DEVICES).map(|_| Device::default()).collect())
+                .collect(),
             members: BTreeMap::new(),
             left: BTreeSet::new(),
             acked: BTreeMap::new(),
@@ -171,7 +213,11 @@ impl World {
                 title: String::new(),
                 member_ids: others.iter().map(|&u| user(u)).collect(),
             };
-            world.timeline.create_conversation(&caller(0, 0), req).await.expect("create");
+            world
+                .timeline
+                .create_conversation(&caller(0, 0), req)
+                .await
+                .expect("create");
             let m = world.members.entry(GROUPS[g].into()).or_default();
             for u in std::iter::once(0).chain(others) {
                 m.insert(u, 1);
@@ -202,7 +248,12 @@ impl World {
         }
         let device = &mut self.devices[u][d];
         for m in &page.messages {
-            prop_assert!(device.ids.insert(m.message_id), "G2: {} got message {} twice", user(u), m.message_id);
+            prop_assert!(
+                device.ids.insert(m.message_id),
+                "G2: {} got message {} twice",
+                user(u),
+                m.message_id
+            );
             prop_assert!(
                 device.seqs.insert((m.conversation_id.clone(), m.conv_seq)),
                 "G3: {} got {} #{} twice",
@@ -219,7 +270,13 @@ impl World {
         Ok(page.has_more || page.pending)
     }
 
-    async fn send(&mut self, sender: usize, conversation_id: String, client_msg_id: String, fault: Option<Fault>) -> Check {
+    async fn send(
+        &mut self,
+        sender: usize,
+        conversation_id: String,
+        client_msg_id: String,
+        fault: Option<Fault>,
+    ) -> Check {
         self.plan.arm(fault);
         let result = self
             .timeline
@@ -239,7 +296,11 @@ impl World {
         if let Ok(message) = result {
             let key = (sender, client_msg_id);
             if let Some(first) = self.by_client_id.get(&key) {
-                prop_assert_eq!(*first, message.message_id, "G4: a retry made a second message");
+                prop_assert_eq!(
+                    *first,
+                    message.message_id,
+                    "G4: a retry made a second message"
+                );
             }
             self.by_client_id.insert(key, message.message_id);
             self.acked.insert(message.message_id, message);
@@ -249,7 +310,11 @@ impl World {
 
     async fn apply(&mut self, op: &Op) -> Check {
         match *op {
-            Op::Send { sender, conv, fault } => {
+            Op::Send {
+                sender,
+                conv,
+                fault,
+            } => {
                 self.sends += 1;
                 let id = conversation_id(sender, conv);
                 let client_msg_id = format!("c{}", self.sends);
@@ -265,35 +330,64 @@ impl World {
                 if self.members[id].contains_key(&u) {
                     return Ok(());
                 }
-                let (_, added) = self.timeline.add_members(&caller(0, 0), id, &[user(u)]).await.expect("join");
+                let (_, added) = self
+                    .timeline
+                    .add_members(&caller(0, 0), id, &[user(u)])
+                    .await
+                    .expect("join");
                 for m in added {
                     self.members.get_mut(id).unwrap().insert(u, m.joined_seq);
                 }
             }
             Op::Leave { user: u, group } => {
                 let id = GROUPS[group];
-                if self.members.get_mut(id).and_then(|m| m.remove(&u)).is_some() {
-                    self.timeline.remove_members(&caller(u, 0), id, &[user(u)]).await.expect("leave");
+                if self
+                    .members
+                    .get_mut(id)
+                    .and_then(|m| m.remove(&u))
+                    .is_some()
+                {
+                    self.timeline
+                        .remove_members(&caller(u, 0), id, &[user(u)])
+                        .await
+                        .expect("leave");
                     self.left.insert((id.to_owned(), u));
                 }
             }
             Op::Force { group, hot } => {
-                let mode = if hot { DeliveryMode::Hot } else { DeliveryMode::Fanout };
-                self.timeline.switch_mode(GROUPS[group], mode, false).await.expect("switch");
+                let mode = if hot {
+                    DeliveryMode::Hot
+                } else {
+                    DeliveryMode::Fanout
+                };
+                self.timeline
+                    .switch_mode(GROUPS[group], mode, false)
+                    .await
+                    .expect("switch");
             }
-            Op::Sync { user: u, device, limit } => {
+            Op::Sync {
+                user: u,
+                device,
+                limit,
+            } => {
                 self.sync_device(u, device, limit).await?;
             }
             Op::MarkRead { user: u, conv } => {
                 let id = conversation_id(u, conv);
                 let member = self.members.get(&id).is_none_or(|m| m.contains_key(&u));
-                if member && let Ok((read, unread)) = self.timeline.mark_read(&caller(u, 0), &id, u64::MAX).await {
+                if member
+                    && let Ok((read, unread)) =
+                        self.timeline.mark_read(&caller(u, 0), &id, u64::MAX).await
+                {
                     prop_assert_eq!(unread, 0, "G1 unread: marked everything read at {}", read);
                 }
             }
             Op::Advance { ms } => self.clock.advance(Duration::from_millis(ms)),
             Op::Settle => self.settle().await?,
-            Op::ResetCache => self.plan.arm(Some(Fault { at: 0, kind: FaultKind::ResetCache })),
+            Op::ResetCache => self.plan.arm(Some(Fault {
+                at: 0,
+                kind: FaultKind::ResetCache,
+            })),
         }
         Ok(())
     }
@@ -340,7 +434,13 @@ impl World {
         }
         let mut members = self.members.clone();
         for id in self.conversations() {
-            let exists = self.timeline.store.get_conversation(&id).await.expect("read").is_some();
+            let exists = self
+                .timeline
+                .store
+                .get_conversation(&id)
+                .await
+                .expect("read")
+                .is_some();
             if id.starts_with("d:") && exists {
                 let entry = members.entry(id.clone()).or_default();
                 for u in 0..USERS {
@@ -356,7 +456,11 @@ impl World {
                 if self.left.contains(&(id.clone(), u)) {
                     continue;
                 }
-                for m in self.acked.values().filter(|m| &m.conversation_id == id && m.conv_seq >= joined) {
+                for m in self
+                    .acked
+                    .values()
+                    .filter(|m| &m.conversation_id == id && m.conv_seq >= joined)
+                {
                     for d in 0..DEVICES {
                         prop_assert!(
                             self.devices[u][d].ids.contains(&m.message_id),
@@ -382,8 +486,18 @@ impl World {
                         );
                     }
                 }
-                let view = self.timeline.get_conversation(&caller(u, 0), id).await.expect("get");
-                prop_assert_eq!(view.last_seq, last_seq, "last_seq of {} for {}", id, user(u));
+                let view = self
+                    .timeline
+                    .get_conversation(&caller(u, 0), id)
+                    .await
+                    .expect("get");
+                prop_assert_eq!(
+                    view.last_seq,
+                    last_seq,
+                    "last_seq of {} for {}",
+                    id,
+                    user(u)
+                );
                 prop_assert_eq!(view.unread, last_seq.saturating_sub(view.read_seq));
             }
         }
@@ -411,7 +525,10 @@ fn runner(cases: u32) -> TestRunner {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    match std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
+    match std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
         Some(seed) => {
             let mut bytes = [0u8; 32];
             bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -422,13 +539,18 @@ fn runner(cases: u32) -> TestRunner {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
 }
 
 #[test]
 fn the_pipeline_keeps_the_delivery_guarantees_under_faults() {
     let mut runner = runner(cases());
-    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| run_case(&ops, None));
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+        run_case(&ops, None)
+    });
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -439,16 +561,17 @@ fn the_pipeline_keeps_the_delivery_guarantees_under_faults() {
 fn broken_pipelines_are_caught() {
     for variant in [Broken::NoDedupe, Broken::NoHoles, Broken::NoOutbox] {
         let mut runner = runner(1000);
-        let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| run_case(&ops, Some(variant)));
+        let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+            run_case(&ops, Some(variant))
+        });
         match result {
             Err(proptest::test_runner::TestError::Fail(reason, minimal)) => {
-                println!("{variant:?} caught, minimal case of {} ops: {reason}", minimal.len());
+                println!(
+                    "{variant:?} caught, minimal case of {} ops: {reason}",
+                    minimal.len()
+                );
             }
             other => panic!("{variant:?} was not caught: {other:?}"),
         }
     }
 }
-
-
-
-

@@ -231,9 +231,9 @@ impl Timeline {
                 u64::from(conversation.member_count)
             }
         };
-        let rate = self
-            .fanout_rates
-            .record(&conversation.conversation_id, rows, self.clock.now_ms());
+        let rate =
+            self.fanout_rates
+                .record(&conversation.conversation_id, rows, self.clock.now_ms());
         self.maybe_switch(&conversation, rate).await?;
         Ok(conversation)
     }
@@ -331,7 +331,12 @@ impl Timeline {
             return self.replay(caller, req).await;
         }
         let waited = tokio::time::Instant::now();
-        while waited.elapsed() < self.limits.send_claim_wait.min(self.limits.send_claim_lease) {
+        while waited.elapsed()
+            < self
+                .limits
+                .send_claim_wait
+                .min(self.limits.send_claim_lease)
+        {
             tokio::time::sleep(CLAIM_POLL).await;
             if let Some(first) = self.replay(caller, req).await? {
                 return Ok(Some(first));
@@ -550,7 +555,10 @@ impl Timeline {
                 let (present, missing) = self.scan_seqs(&conversation_id, from, current).await?;
                 // A hot message whose window append never happened (its sender died after the
                 // durable write) is appended now: the head is what tells Sync it moved.
-                let head = self.cache.hot_heads(std::slice::from_ref(&conversation_id)).await?[0];
+                let head = self
+                    .cache
+                    .hot_heads(std::slice::from_ref(&conversation_id))
+                    .await?[0];
                 for row in present.iter().filter(|m| {
                     conversation.mode_at(m.conv_seq) == DeliveryMode::Hot
                         && head.is_none_or(|h| m.conv_seq > h.last_seq)

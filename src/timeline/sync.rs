@@ -530,7 +530,12 @@ impl HotSource {
     /// `from`, and from `messages` for what the window lacks (not covered, or running out
     /// below the sequencer's value: a window rebuilt after a Cache loss holds only what was
     /// appended since).
-    async fn read_from(&self, r: &Reader<'_>, from: u64, limit: usize) -> TimelineResult<Vec<MessageRow>> {
+    async fn read_from(
+        &self,
+        r: &Reader<'_>,
+        from: u64,
+        limit: usize,
+    ) -> TimelineResult<Vec<MessageRow>> {
         let t = r.timeline;
         let id = &self.conversation.conversation_id;
         let mut out = Vec::new();

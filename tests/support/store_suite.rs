@@ -113,7 +113,10 @@ pub async fn members_page_in_user_order_per_conversation(store: &dyn Store) {
                 joined_seq: 1,
                 joined_at_ms: 1,
             };
-            store.add_member(&member, &user_conversation(u, conv)).await.unwrap();
+            store
+                .add_member(&member, &user_conversation(u, conv))
+                .await
+                .unwrap();
         }
     }
     let ids = |rows: Vec<MemberRow>| rows.into_iter().map(|m| m.user_id).collect::<Vec<_>>();
@@ -136,8 +139,23 @@ pub async fn members_page_in_user_order_per_conversation(store: &dyn Store) {
     assert!(store.get_member("g:a", "u2").await.unwrap().is_none());
     assert_eq!(store.count_members("g:a").await.unwrap(), 3);
     // Each member came with its read state.
-    assert_eq!(store.get_user_conversation("u3", "g:a").await.unwrap().unwrap().joined_seq, 1);
-    assert_eq!(store.list_user_conversations("x", None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .get_user_conversation("u3", "g:a")
+            .await
+            .unwrap()
+            .unwrap()
+            .joined_seq,
+        1
+    );
+    assert_eq!(
+        store
+            .list_user_conversations("x", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 pub async fn user_conversations_read_state_only_moves_forward(store: &dyn Store) {
