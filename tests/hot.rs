@@ -335,3 +335,35 @@ async fn a_reader_behind_the_window_reads_the_rest_from_the_store() {
         .into_inner();
     assert!(page.messages.is_empty() && !page.has_more);
 }
+
+#[tokio::test]
+async fn paging_through_many_hot_conversations_never_expires_the_cursor() {
+    // Regression: with an empty inbox, a page cut at `limit` while hot sources had more
+    // dated the inbox position 0, and the next call answered cursor_expired.
+    let server = TestServer::start().await;
+    let mut ops = operator(&server).await;
+    let mut alice = server.client("alice", "a").await;
+    let mut expected = BTreeMap::new();
+    let ids: Vec<String> = (0..12).map(|i| format!("g:many{i}")).collect();
+    for id in &ids {
+        alice
+            .create_conversation(CreateConversationRequest {
+                kind: ConversationKind::Group as i32,
+                conversation_id: id.clone(),
+                member_ids: vec!["bob".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        set_mode(&mut ops, id, DeliveryMode::Hot).await;
+        for n in 0..3 {
+            send(&mut alice, id, &format!("{id}-{n}")).await;
+        }
+    }
+    for id in &ids {
+        expected.insert(id.as_str(), 3);
+    }
+    let mut bob = server.client("bob", "b").await;
+    let synced = sync_all(&mut bob, &mut String::new(), &[5, 2]).await;
+    assert_contiguous_once(&synced, &expected);
+}

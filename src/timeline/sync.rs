@@ -230,9 +230,13 @@ impl Timeline {
         next.inbox = inbox.position;
         next.epoch = epoch;
         next.recent = cursor.recent.clone();
-        next.position_time_ms = if !inbox.blocked && inbox.buffer.is_empty() && !has_more {
+        let inbox_caught_up = !inbox.blocked
+            && inbox.buffer.is_empty()
+            && (inbox.exhausted || inbox.position.inbox_seq >= inbox_head);
+        next.position_time_ms = if inbox_caught_up {
             // Caught up: rows after the position are allocated from about now on (writes
-            // in flight at most a grace period earlier).
+            // in flight at most a grace period earlier). Whether hot sources have more
+            // does not matter: this dates the inbox position only.
             inbox.position_time_ms.max(reader.now - reader.grace_ms)
         } else {
             inbox.position_time_ms
