@@ -169,6 +169,7 @@ faulty! {
     fn delete_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<()> = ();
     fn get_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<Option<UserConversationRow>> = None;
     fn list_user_conversations(&self, user_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<UserConversationRow>> = Vec::new();
+    fn list_hot_conversations(&self, user_id: &str, limit: usize) -> StoreResult<Vec<UserConversationRow>> = Vec::new();
     fn advance_read_seq(&self, user_id: &str, conversation_id: &str, seq: u64) -> StoreResult<Option<UserConversationRow>> = None;
     fn write_message(&self, write: &MessageWrite) -> StoreResult<()> = ();
     fn read_messages(&self, conversation_id: &str, bucket: u64, range: SeqRange, order: ReadOrder, limit: usize) -> StoreResult<Vec<MessageRow>> = Vec::new();

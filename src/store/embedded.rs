@@ -72,6 +72,10 @@ struct Tables {
     inbox: Keyspace,
     idempotency: Keyspace,
     pending_fanout: Keyspace,
+    /// (user, conversation) of rows whose mode is Hot. Every fan-out adds a version of the
+    /// members' user_conversations rows to the memtable, which a range scan walks through;
+    /// this index changes only with the mode, so Sync's scan stays short.
+    user_hot: Keyspace,
 }
 
 enum Outcome {
@@ -134,6 +138,7 @@ impl EmbeddedStore {
             inbox: open("inbox")?,
             idempotency: open("idempotency")?,
             pending_fanout: open("pending_fanout")?,
+            user_hot: open("user_hot")?,
         };
         match tables.meta.get(b"bucket_size").map_err(fj)? {
             Some(v) => {
@@ -490,6 +495,7 @@ impl Store for EmbeddedStore {
                 && mode > row.mode
             {
                 row.mode = mode;
+                batch.insert(&t.user_hot, k.clone(), []);
                 batch.insert(&t.user_conversations, k, encode(&row)?);
             }
             Ok(Outcome::Done)
@@ -510,6 +516,9 @@ impl Store for EmbeddedStore {
         self.write(Box::new(move |t, batch| {
             if let Some(existing) = get::<UserConversationRow>(&t.user_conversations, &user_key)? {
                 user_row.mode = user_row.mode.max(existing.mode);
+            }
+            if user_row.mode == DeliveryMode::Hot {
+                batch.insert(&t.user_hot, user_key.clone(), []);
             }
             batch.insert(&t.members, member_key, member_value);
             batch.insert(&t.user_conversations, user_key, encode(&user_row)?);
@@ -569,6 +578,9 @@ impl Store for EmbeddedStore {
             if let Some(existing) = get::<UserConversationRow>(&t.user_conversations, &k)? {
                 row.mode = row.mode.max(existing.mode);
             }
+            if row.mode == DeliveryMode::Hot {
+                batch.insert(&t.user_hot, k.clone(), []);
+            }
             batch.insert(&t.user_conversations, k, encode(&row)?);
             Ok(Outcome::Done)
         }))
@@ -583,6 +595,7 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<()> {
         let k = user_conversation_key(user_id, conversation_id);
         self.write(Box::new(move |t, batch| {
+            batch.remove(&t.user_hot, k.clone());
             batch.remove(&t.user_conversations, k);
             Ok(Outcome::Done)
         }))
@@ -614,6 +627,25 @@ impl Store for EmbeddedStore {
                     .range((start, std::ops::Bound::Excluded(end))),
                 limit,
             )
+        })
+        .await
+    }
+
+    async fn list_hot_conversations(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<UserConversationRow>> {
+        let prefix = key(&[user_id], &[]);
+        self.read(move |t| {
+            let mut rows = Vec::new();
+            for guard in t.user_hot.prefix(prefix).take(limit) {
+                let k = guard.key().map_err(fj)?;
+                if let Some(row) = get::<UserConversationRow>(&t.user_conversations, &k)? {
+                    rows.push(row);
+                }
+            }
+            Ok(rows)
         })
         .await
     }

@@ -115,6 +115,13 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<UserConversationRow>>;
+    /// The user's rows whose `mode` is `Hot` (`SELECT ... FROM user_conversations WHERE
+    /// user_id = ?`, filtered on mode): the conversations Sync reads as hot sources.
+    async fn list_hot_conversations(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<UserConversationRow>>;
     /// Moves `read_seq` forward to `seq` (never back); returns the row after the update, or
     /// `None` when the user has no row for the conversation.
     async fn advance_read_seq(

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::cursor::Cursor;
 use super::error::TimelineResult;
 use super::send::decode_message;
-use super::{Broken, Caller, Timeline, page_size, read_pages};
+use super::{Broken, Caller, Timeline, page_size};
 use crate::cache::{HotEntry, HotHead, SeqKey};
 use crate::metrics;
 use crate::store::*;
@@ -33,9 +33,6 @@ pub struct SyncPage {
     pub pending: bool,
     pub cursor_expired: bool,
 }
-
-/// Rows read per user_conversations page while finding the user's hot conversations.
-const ROWS_PAGE: usize = 1000;
 
 struct InboxSource {
     position: InboxPosition,
@@ -254,18 +251,12 @@ impl Timeline {
 
     /// The user's rows of conversations that are, or were, hot: Sync reads them as sources.
     async fn hot_conversations_of(&self, user: &str) -> TimelineResult<Vec<UserConversationRow>> {
-        read_pages(
-            ROWS_PAGE,
-            self.limits.max_conversations_per_user,
-            |after: Option<String>| async move {
-                self.store
-                    .list_user_conversations(user, after.as_deref(), ROWS_PAGE)
-                    .await
-            },
-            |r| r.conversation_id.clone(),
-            |r| r.joined_seq > 0 && r.mode == DeliveryMode::Hot,
-        )
-        .await
+        let rows = self
+            .store
+            .list_hot_conversations(user, self.limits.max_conversations_per_user)
+            .await?;
+        // Partial rows (an activity raise racing a leave) are not memberships.
+        Ok(rows.into_iter().filter(|r| r.joined_seq > 0).collect())
     }
 
     /// Fills an abandoned conv_seq with a hole marker, unless a row landed there meanwhile.

@@ -633,6 +633,20 @@ pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &d
             .unwrap()
             .is_none_or(|r| r.joined_seq == 0)
     );
+    let hot = store.list_hot_conversations("alice", 10).await.unwrap();
+    assert_eq!(
+        hot.iter()
+            .map(|r| r.conversation_id.as_str())
+            .collect::<Vec<_>>(),
+        ["g:m"]
+    );
+    assert!(
+        store
+            .list_hot_conversations("bob", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A later full write (a re-join, say) does not lower it either.
     store
         .upsert_user_conversation(&user_conversation("alice", "g:m"))
