@@ -44,7 +44,7 @@ impl Timeline {
         {
             gaps.extend(lowest..oldest.conv_seq);
         }
-        if gaps.is_empty() || self.broken(Broken::NoHoles) {
+        if gaps.is_empty() || self.broken(Broken::GapsSkippedNotFilled) {
             return Ok(());
         }
         let Some(conversation) = self.store.get_conversation(conversation_id).await? else {

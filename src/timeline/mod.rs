@@ -97,11 +97,11 @@ pub struct Limits {
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) enum Broken {
     /// The Sync merge does not deduplicate by message_id.
-    NoDedupe,
+    MergeWithoutDedupe,
     /// Abandoned conv_seqs are skipped instead of filled with holes.
-    NoHoles,
+    GapsSkippedNotFilled,
     /// Sends write no outbox entry, so an interrupted fan-out is never re-driven.
-    NoOutbox,
+    SendWithoutOutbox,
 }
 
 impl Default for Limits {

@@ -559,7 +559,11 @@ fn the_pipeline_keeps_the_delivery_guarantees_under_faults() {
 /// The test can fail: each deliberately broken pipeline is caught within a few hundred cases.
 #[test]
 fn broken_pipelines_are_caught() {
-    for variant in [Broken::NoDedupe, Broken::NoHoles, Broken::NoOutbox] {
+    for variant in [
+        Broken::MergeWithoutDedupe,
+        Broken::GapsSkippedNotFilled,
+        Broken::SendWithoutOutbox,
+    ] {
         let mut runner = runner(1000);
         let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
             run_case(&ops, Some(variant))

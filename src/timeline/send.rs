@@ -107,7 +107,7 @@ impl Timeline {
         // Only fan-out needs the outbox (a hot message is read from `messages` itself); the
         // mode read here is a hint, the one read after the write decides.
         let with_outbox =
-            conversation.mode() == DeliveryMode::Fanout && !self.broken(Broken::NoOutbox);
+            conversation.mode() == DeliveryMode::Fanout && !self.broken(Broken::SendWithoutOutbox);
         let mut abandoned = Vec::new();
         // A write that lands later than gap_grace/2 after its seq was allocated may have been
         // given up by a reader as abandoned: it is written again under a fresh seq.
@@ -201,7 +201,7 @@ impl Timeline {
             })?;
         let rows = match conversation.mode_at(message.conv_seq) {
             DeliveryMode::Fanout => {
-                if !outbox_written && !self.broken(Broken::NoOutbox) {
+                if !outbox_written && !self.broken(Broken::SendWithoutOutbox) {
                     self.store
                         .write_message(&MessageWrite {
                             message: message.clone(),
@@ -534,7 +534,7 @@ impl Timeline {
     /// sequencer's value that has no row becomes a hole, delivered the way its mode says (a
     /// late writer rewrites under a fresh seq, so no message hides behind a hole).
     pub async fn sweep_abandoned(&self) -> TimelineResult<usize> {
-        if self.broken(Broken::NoHoles) {
+        if self.broken(Broken::GapsSkippedNotFilled) {
             return Ok(0);
         }
         let cutoff = self.clock.now_ms() - self.limits.gap_grace.as_millis() as i64;

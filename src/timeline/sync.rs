@@ -188,7 +188,7 @@ impl Timeline {
                 (_, Some((_, id))) => (hot.get_mut(&id).and_then(HotSource::take_front), true),
             };
             let Some(message) = message else { break };
-            if seen.insert(message.message_id) || self.broken(Broken::NoDedupe) {
+            if seen.insert(message.message_id) || self.broken(Broken::MergeWithoutDedupe) {
                 messages.push(message);
             } else if from_hot && message.kind == MessageKind::User {
                 // A hot source delivers each conv_seq once, so a second copy sits under
@@ -487,7 +487,7 @@ impl HotSource {
                         } else {
                             let successor = by_seq.range(expected..).next().map(|(_, v)| &v[0]);
                             match successor {
-                                Some(_) if t.broken(Broken::NoHoles) => Vec::new(),
+                                Some(_) if t.broken(Broken::GapsSkippedNotFilled) => Vec::new(),
                                 Some(s) if r.now - s.created_at_ms >= r.grace_ms => {
                                     match t.fill_hole(&id, expected, "sync").await? {
                                         Filled::Hole(hole) => {
