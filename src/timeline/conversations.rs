@@ -171,7 +171,7 @@ impl Timeline {
             }
             // A retried creation (the first may have died half-way): complete it.
             Some(existing) if existing.created_by == caller.user_id => {
-                let joined_seq = self.current_seq(&SeqKey::Conversation(id.clone())).await? + 1;
+                let joined_seq = self.next_join_seq(&id).await?;
                 if self.store.get_member(&id, &caller.user_id).await?.is_none() {
                     self.join_all(
                         &existing,
@@ -432,12 +432,16 @@ impl Timeline {
                 "only the owner or an admin adds members".into(),
             ));
         }
-        // Members see messages from the next conv_seq on.
-        let joined_seq = self
-            .current_seq(&SeqKey::Conversation(id.to_owned()))
-            .await?
-            + 1;
+        let joined_seq = self.next_join_seq(id).await?;
         self.add_new_members(&conversation, users, joined_seq).await
+    }
+
+    /// Where new members start: after the last conv_seq *persisted*. The sequencer's value may
+    /// include a seq a crashed send never wrote; after a Cache loss the sequencer re-seeds from
+    /// the Store and hands that seq out again, which must not land below the join. A message
+    /// in flight during the join is thereby delivered to the new member (see `add_new_members`).
+    async fn next_join_seq(&self, conversation_id: &str) -> TimelineResult<u64> {
+        Ok(self.store.last_conv_seq(conversation_id).await? + 1)
     }
 
     /// Joins the users who are not members yet, then backfills messages at or after

@@ -143,10 +143,15 @@ struct World {
     clock: Arc<ManualClock>,
     plan: Arc<FaultPlan>,
     devices: Vec<Vec<Device>>,
-    /// conversation -> member -> joined_seq (as the service reported it).
-    members: BTreeMap<String, BTreeMap<usize, u64>>,
+    /// conversation -> member -> (joined_seq as the service reported it, step of the join).
+    members: BTreeMap<String, BTreeMap<usize, (u64, usize)>>,
     left: BTreeSet<(String, usize)>,
-    acked: BTreeMap<u64, MessageRow>,
+    /// message_id -> (the message, step at which it was acknowledged).
+    acked: BTreeMap<u64, (MessageRow, usize)>,
+    /// (sender, client_msg_id) -> step of its first attempt: a joiner is owed what was first
+    /// sent after the join.
+    first_attempt: BTreeMap<(usize, String), usize>,
+    step: usize,
     /// (sender, client_msg_id) -> message_id of its first ack.
     by_client_id: BTreeMap<(usize, String), u64>,
     last_client_id: Vec<Option<(String, String)>>,
@@ -200,6 +205,8 @@ impl World {
             members: BTreeMap::new(),
             left: BTreeSet::new(),
             acked: BTreeMap::new(),
+            step: 0,
+            first_attempt: BTreeMap::new(),
             by_client_id: BTreeMap::new(),
             last_client_id: vec![None; USERS],
             last_sent_to: BTreeSet::new(),
@@ -220,7 +227,7 @@ impl World {
                 .expect("create");
             let m = world.members.entry(GROUPS[g].into()).or_default();
             for u in std::iter::once(0).chain(others) {
-                m.insert(u, 1);
+                m.insert(u, (1, 0));
             }
         }
         // Every device holds an issued cursor from the start (a fresh one starts hot
@@ -277,6 +284,11 @@ impl World {
         client_msg_id: String,
         fault: Option<Fault>,
     ) -> Check {
+        let step = self.step;
+        let first = *self
+            .first_attempt
+            .entry((sender, client_msg_id.clone()))
+            .or_insert(step);
         self.plan.arm(fault);
         let result = self
             .timeline
@@ -303,12 +315,15 @@ impl World {
                 );
             }
             self.by_client_id.insert(key, message.message_id);
-            self.acked.insert(message.message_id, message);
+            self.acked
+                .entry(message.message_id)
+                .or_insert((message, first));
         }
         Ok(())
     }
 
     async fn apply(&mut self, op: &Op) -> Check {
+        self.step += 1;
         match *op {
             Op::Send {
                 sender,
@@ -335,8 +350,12 @@ impl World {
                     .add_members(&caller(0, 0), id, &[user(u)])
                     .await
                     .expect("join");
+                let step = self.step;
                 for m in added {
-                    self.members.get_mut(id).unwrap().insert(u, m.joined_seq);
+                    self.members
+                        .get_mut(id)
+                        .unwrap()
+                        .insert(u, (m.joined_seq, step));
                 }
             }
             Op::Leave { user: u, group } => {
@@ -445,22 +464,21 @@ impl World {
                 let entry = members.entry(id.clone()).or_default();
                 for u in 0..USERS {
                     if id.split(':').any(|p| p == user(u)) {
-                        entry.insert(u, 1);
+                        entry.insert(u, (1, 0));
                     }
                 }
             }
         }
         for (id, users) in &members {
             let last_seq = self.history(id).await.first().map_or(0, |m| m.conv_seq);
-            for (&u, &joined) in users {
+            for (&u, &(joined, join_step)) in users {
                 if self.left.contains(&(id.clone(), u)) {
                     continue;
                 }
-                for m in self
-                    .acked
-                    .values()
-                    .filter(|m| &m.conversation_id == id && m.conv_seq >= joined)
-                {
+                // Owed: from the join's conv_seq on, and anything acknowledged after the join.
+                for (m, _) in self.acked.values().filter(|(m, acked_at)| {
+                    &m.conversation_id == id && (m.conv_seq >= joined || *acked_at > join_step)
+                }) {
                     for d in 0..DEVICES {
                         prop_assert!(
                             self.devices[u][d].ids.contains(&m.message_id),
@@ -577,5 +595,50 @@ fn broken_pipelines_are_caught() {
             }
             other => panic!("{variant:?} was not caught: {other:?}"),
         }
+    }
+}
+
+/// Found by the property test: a join after a crashed send's allocation, then a Cache loss:
+/// the next message reused the seq and landed below the new member's joined_seq.
+#[test]
+fn a_join_never_starts_above_a_seq_the_sequencer_may_reissue() {
+    let ops = [
+        Op::Send {
+            sender: 0,
+            conv: 1,
+            fault: None,
+        },
+        Op::Send {
+            sender: 0,
+            conv: 1,
+            fault: Some(Fault {
+                at: 6,
+                kind: FaultKind::Drop,
+            }),
+        },
+        Op::Join { user: 1, group: 1 },
+        Op::Send {
+            sender: 0,
+            conv: 2,
+            fault: Some(Fault {
+                at: 0,
+                kind: FaultKind::ResetCache,
+            }),
+        },
+    ];
+    if let Err(e) = run_case(&ops, None) {
+        panic!("{e}");
+    }
+    let after_the_join = [
+        ops.as_slice(),
+        &[Op::Send {
+            sender: 0,
+            conv: 1,
+            fault: None,
+        }],
+    ]
+    .concat();
+    if let Err(e) = run_case(&after_the_join, None) {
+        panic!("{e}");
     }
 }
