@@ -489,22 +489,12 @@ impl Timeline {
         let to_seq = self
             .current_seq(&SeqKey::Conversation(id.to_owned()))
             .await?;
-        let size = self.limits.bucket_size;
-        let mut bucket = self.bucket(from_seq);
-        while from_seq <= to_seq && bucket <= self.bucket(to_seq) {
-            let range = SeqRange {
-                from: (bucket * size).max(from_seq),
-                to: (bucket * size + size - 1).min(to_seq),
-            };
-            let messages = self
-                .store
-                .read_messages(id, bucket, range, ReadOrder::Ascending, size as usize)
+        for message in self
+            .read_messages_ascending(id, from_seq, to_seq, usize::MAX)
+            .await?
+        {
+            self.write_to_inboxes(&message, users.to_vec(), None, false)
                 .await?;
-            for message in messages {
-                self.write_to_inboxes(&message, users.to_vec(), None, false)
-                    .await?;
-            }
-            bucket += 1;
         }
         Ok(())
     }

@@ -181,6 +181,40 @@ impl Timeline {
         false
     }
 
+    /// Rows of `messages` with conv_seq in `from..=to`, ascending, at most `limit`, walking the
+    /// `(conversation_id, bucket)` partitions in order.
+    pub(crate) async fn read_messages_ascending(
+        &self,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> TimelineResult<Vec<crate::store::MessageRow>> {
+        use crate::store::{ReadOrder, SeqRange};
+        let size = self.limits.bucket_size;
+        let mut out = Vec::new();
+        let mut bucket = self.bucket(from);
+        while from <= to && out.len() < limit && bucket <= self.bucket(to) {
+            let range = SeqRange {
+                from: (bucket * size).max(from),
+                to: (bucket * size + size - 1).min(to),
+            };
+            let rows = self
+                .store
+                .read_messages(
+                    conversation_id,
+                    bucket,
+                    range,
+                    ReadOrder::Ascending,
+                    limit - out.len(),
+                )
+                .await?;
+            out.extend(rows);
+            bucket += 1;
+        }
+        Ok(out)
+    }
+
     pub(crate) fn bucket(&self, seq: u64) -> u64 {
         seq / self.limits.bucket_size
     }

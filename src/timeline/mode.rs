@@ -231,27 +231,11 @@ impl Timeline {
         let last = self
             .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
             .await?;
-        let size = self.limits.bucket_size;
-        let mut bucket = self.bucket(since);
-        while since <= last && bucket <= self.bucket(last) {
-            let range = SeqRange {
-                from: (bucket * size).max(since),
-                to: (bucket * size + size - 1).min(last),
-            };
-            let messages = self
-                .store
-                .read_messages(
-                    conversation_id,
-                    bucket,
-                    range,
-                    ReadOrder::Ascending,
-                    size as usize,
-                )
-                .await?;
-            for message in messages {
-                self.fan_out(&message, &[]).await?;
-            }
-            bucket += 1;
+        for message in self
+            .read_messages_ascending(conversation_id, since, last, usize::MAX)
+            .await?
+        {
+            self.fan_out(&message, &[]).await?;
         }
         Ok(())
     }

@@ -593,32 +593,14 @@ impl Timeline {
         from: u64,
         to: u64,
     ) -> TimelineResult<(Vec<MessageRow>, Vec<u64>)> {
-        let size = self.limits.bucket_size;
-        let mut present = Vec::new();
+        let present = self
+            .read_messages_ascending(conversation_id, from, to, usize::MAX)
+            .await?;
         let mut missing = Vec::new();
         let mut expected = from;
-        let mut bucket = self.bucket(from);
-        while from <= to && bucket <= self.bucket(to) {
-            let range = SeqRange {
-                from: (bucket * size).max(from),
-                to: (bucket * size + size - 1).min(to),
-            };
-            let rows = self
-                .store
-                .read_messages(
-                    conversation_id,
-                    bucket,
-                    range,
-                    ReadOrder::Ascending,
-                    2 * size as usize,
-                )
-                .await?;
-            for row in rows {
-                missing.extend(expected..row.conv_seq);
-                expected = expected.max(row.conv_seq + 1);
-                present.push(row);
-            }
-            bucket += 1;
+        for row in &present {
+            missing.extend(expected..row.conv_seq);
+            expected = expected.max(row.conv_seq + 1);
         }
         missing.extend(expected..=to);
         Ok((present, missing))

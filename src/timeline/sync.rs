@@ -547,21 +547,10 @@ impl HotSource {
             return Ok(out);
         }
         ::metrics::counter!(metrics::HOT_WINDOW_READS, "result" => "miss").increment(1);
-        let from = tail_from;
-        let size = t.limits.bucket_size;
-        let mut bucket = t.bucket(from);
-        while out.len() < limit && bucket <= t.bucket(self.upper) {
-            let range = SeqRange {
-                from: (bucket * size).max(from),
-                to: (bucket * size + size - 1).min(self.upper),
-            };
-            out.extend(
-                t.store
-                    .read_messages(id, bucket, range, ReadOrder::Ascending, limit - out.len())
-                    .await?,
-            );
-            bucket += 1;
-        }
+        let rest = t
+            .read_messages_ascending(id, tail_from, self.upper, limit - out.len())
+            .await?;
+        out.extend(rest);
         Ok(out)
     }
 }
