@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cache::redis::RedisOptions;
 use crate::store::embedded::{Durability, EmbeddedOptions};
 use crate::timeline::Limits;
 use crate::timeline::ids::MAX_NODE_ID;
@@ -44,6 +45,8 @@ pub enum StoreKind {
 pub enum CacheKind {
     /// In-process: one node only.
     Local,
+    /// Redis (or Redis Cluster): shared by many nodes.
+    Redis,
 }
 
 /// A duration written for people: `500ms`, `3s`, `10m`, `24h`, `14d`.
@@ -115,6 +118,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub cache: CacheKind,
+    /// With `cache = "redis"`: the server, `redis://[user:password@]host:port[/db]`.
+    pub redis_url: String,
+    /// With `cache = "redis"`: comma-separated Redis Cluster seed nodes (`redis://host:port`);
+    /// when set, used instead of `redis_url`.
+    pub redis_cluster_nodes: String,
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    pub redis_key_prefix: String,
+    /// Longest wait for one Redis reply; sends fail with UNAVAILABLE after it.
+    pub redis_timeout: HumanDuration,
+    pub redis_connect_timeout: HumanDuration,
     /// HS256 secret for tokens; generated into the data dir when unset (embedded mode).
     pub jwt_secret: Option<String>,
     /// `fsync` (every ack is on disk, group commit) or `buffered`.
@@ -159,6 +172,11 @@ impl Default for Config {
             data_dir: PathBuf::from("timeline-data"),
             store: StoreKind::Embedded,
             cache: CacheKind::Local,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_cluster_nodes: String::new(),
+            redis_key_prefix: "timeline".into(),
+            redis_timeout: HumanDuration(Duration::from_millis(500)),
+            redis_connect_timeout: HumanDuration(Duration::from_secs(1)),
             jwt_secret: None,
             durability: Durability::Fsync,
             node_id: limits.node_id,
@@ -253,6 +271,12 @@ impl Config {
         if self.recovery_interval.0.is_zero() {
             return fail("recovery_interval must be positive".into());
         }
+        if self.redis_timeout.0.is_zero() || self.redis_connect_timeout.0.is_zero() {
+            return fail("redis_timeout and redis_connect_timeout must be positive".into());
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}']) {
+            return fail("redis_key_prefix must be non-empty and free of braces".into());
+        }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 32) {
             return fail("jwt_secret must be at least 32 characters".into());
         }
@@ -295,12 +319,36 @@ impl Config {
         }
     }
 
+    /// How to reach Redis (`cache = "redis"`).
+    pub fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            url: self.redis_url.clone(),
+            cluster_nodes: self
+                .redis_cluster_nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            key_prefix: self.redis_key_prefix.clone(),
+            response_timeout: self.redis_timeout.0,
+            connect_timeout: self.redis_connect_timeout.0,
+        }
+    }
+
     /// The configuration as TOML with the secret masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.jwt_secret.is_some() {
             shown.jwt_secret = Some("********".into());
         }
+        shown.redis_url = mask_password(&shown.redis_url);
+        shown.redis_cluster_nodes = shown
+            .redis_cluster_nodes
+            .split(',')
+            .map(mask_password)
+            .collect::<Vec<_>>()
+            .join(",");
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 
@@ -366,6 +414,24 @@ fn describe_figment_error(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `redis://user:secret@host` shown as `redis://user:********@host`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or("", |(u, _)| u);
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:********@{host}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub const STORE_OP_DURATION: &str = "timeline_store_operation_duration_seconds";
 pub const STORE_OP_ERRORS: &str = "timeline_store_operation_errors_total";
 pub const CACHE_OP_DURATION: &str = "timeline_cache_operation_duration_seconds";
 pub const CACHE_OP_ERRORS: &str = "timeline_cache_operation_errors_total";
+pub const CACHE_FALLBACKS: &str = "timeline_cache_fallbacks_total";
+pub const CACHE_ROUND_TRIPS: &str = "timeline_cache_round_trips_total";
 pub const BUILD_INFO: &str = "timeline_build_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -144,6 +146,14 @@ fn describe() {
         "Cache operation latency."
     );
     describe_counter!(CACHE_OP_ERRORS, "Cache operations that failed.");
+    describe_counter!(
+        CACHE_FALLBACKS,
+        "Reads served without the Cache while it failed, by what was read instead from the Store."
+    );
+    describe_counter!(
+        CACHE_ROUND_TRIPS,
+        "Round trips to the Cache server (a pipeline counts once), by backend."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }
 

@@ -8,9 +8,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Authenticator};
-use crate::cache::Cache;
 use crate::cache::local::LocalCache;
 use crate::cache::metered::MeteredCache;
+use crate::cache::redis::RedisCache;
+use crate::cache::{Cache, CacheError};
 use crate::config::{CacheKind, Config, ConfigError, StoreKind};
 use crate::metrics;
 use crate::store::embedded::EmbeddedStore;
@@ -24,6 +25,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -54,6 +57,7 @@ impl Node {
         };
         let cache: Arc<dyn Cache> = match config.cache {
             CacheKind::Local => Arc::new(LocalCache::new()),
+            CacheKind::Redis => Arc::new(RedisCache::connect(config.redis_options())?),
         };
         let timeline = Timeline::new(
             MeteredStore::wrap(store),

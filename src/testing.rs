@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::cache::local::LocalCache;
+use crate::cache::redis::process::RedisProcess;
 use crate::cache::*;
 use crate::store::*;
 use crate::timeline::Clock;
@@ -56,11 +57,28 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+/// A Cache backend whose state a test can wipe, as a Redis restart without persistence does.
+pub trait LoseState: Send + Sync {
+    fn lose_state(&self);
+}
+
+impl LoseState for LocalCache {
+    fn lose_state(&self) {
+        LocalCache::lose_state(self);
+    }
+}
+
+impl LoseState for RedisProcess {
+    fn lose_state(&self) {
+        self.flushall().expect("FLUSHALL");
+    }
+}
+
 /// The fault armed for the operations that follow, shared by both wrappers.
 pub struct FaultPlan {
     state: Mutex<(Option<Fault>, usize)>,
     clock: Arc<ManualClock>,
-    cache: Arc<LocalCache>,
+    cache: Arc<dyn LoseState>,
 }
 
 enum Verdict {
@@ -70,7 +88,7 @@ enum Verdict {
 }
 
 impl FaultPlan {
-    pub fn new(clock: Arc<ManualClock>, cache: Arc<LocalCache>) -> Arc<Self> {
+    pub fn new(clock: Arc<ManualClock>, cache: Arc<dyn LoseState>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((None, 0)),
             clock,
@@ -200,4 +218,9 @@ faulty! {
     fn active_conversations(&self, before_ms: i64, limit: usize) -> CacheResult<Vec<(String, i64)>> = Vec::new();
     fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>> = None;
     fn mark_verified(&self, conversation_id: &str, seq: u64, allocated_at_ms: i64) -> CacheResult<()> = ();
+    fn set_presence(&self, user_id: &str, device_id: &str, node: &str, ttl: Duration) -> CacheResult<()> = ();
+    fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> = ();
+    fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> = vec![Vec::new(); user_ids.len()];
+    fn publish(&self, channel: &str, payload: bytes::Bytes) -> CacheResult<u64> = 0;
+    fn subscribe(&self, channel: &str) -> CacheResult<Subscription> = Box::pin(futures::stream::empty());
 }

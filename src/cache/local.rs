@@ -6,8 +6,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::broadcast;
 
 use super::*;
+
+/// Payloads a slow local subscriber may fall behind by before it loses the oldest.
+const CHANNEL_CAPACITY: usize = 1024;
 
 pub struct LocalCache {
     state: Mutex<State>,
@@ -23,6 +28,9 @@ struct State {
     /// conversation -> last conv_seq allocation (ms).
     active: HashMap<String, i64>,
     verified: HashMap<String, u64>,
+    /// user -> device -> (node, expiry).
+    presence: HashMap<String, HashMap<String, (String, Instant)>>,
+    channels: HashMap<String, broadcast::Sender<Bytes>>,
 }
 
 #[derive(Default)]
@@ -52,8 +60,11 @@ impl LocalCache {
     /// (fault injection and tests).
     pub fn lose_state(&self) {
         let mut state = self.state();
+        // Subscriptions are connections, not state: they survive, as Redis clients resubscribe.
+        let channels = std::mem::take(&mut state.channels);
         *state = State {
             epoch: new_epoch(),
+            channels,
             ..State::default()
         };
     }
@@ -241,6 +252,90 @@ impl Cache for LocalCache {
             state.active.remove(conversation_id);
         }
         Ok(())
+    }
+
+    async fn set_presence(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> CacheResult<()> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let devices = state.presence.entry(user_id.to_owned()).or_default();
+        devices.retain(|_, (_, expires)| *expires > now);
+        devices.insert(device_id.to_owned(), (node.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> {
+        let mut state = self.state();
+        if let Some(devices) = state.presence.get_mut(user_id) {
+            devices.remove(device_id);
+            if devices.is_empty() {
+                state.presence.remove(user_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> {
+        let now = Instant::now();
+        let state = self.state();
+        Ok(user_ids
+            .iter()
+            .map(|u| {
+                let mut live: Vec<Presence> = state
+                    .presence
+                    .get(u)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, (_, expires))| *expires > now)
+                    .map(|(device, (node, _))| Presence {
+                        device_id: device.clone(),
+                        node: node.clone(),
+                    })
+                    .collect();
+                live.sort();
+                live
+            })
+            .collect())
+    }
+
+    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> {
+        let mut state = self.state();
+        let Some(sender) = state.channels.get(channel) else {
+            return Ok(0);
+        };
+        match sender.send(payload) {
+            Ok(n) => Ok(n as u64),
+            Err(_) => {
+                // Every subscriber is gone.
+                state.channels.remove(channel);
+                Ok(0)
+            }
+        }
+    }
+
+    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription> {
+        let receiver = self
+            .state()
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe();
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(payload) => return Some((payload, receiver)),
+                    // At most once, like Redis pub/sub: a subscriber too slow loses the oldest.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(stream.boxed())
     }
 }
 

@@ -30,4 +30,9 @@ timed_decorator! {
     fn active_conversations(&self, before_ms: i64, limit: usize) -> CacheResult<Vec<(String, i64)>>;
     fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>>;
     fn mark_verified(&self, conversation_id: &str, seq: u64, allocated_at_ms: i64) -> CacheResult<()>;
+    fn set_presence(&self, user_id: &str, device_id: &str, node: &str, ttl: Duration) -> CacheResult<()>;
+    fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()>;
+    fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>>;
+    fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64>;
+    fn subscribe(&self, channel: &str) -> CacheResult<Subscription>;
 }

@@ -6,11 +6,13 @@
 
 pub mod local;
 pub mod metered;
+pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -30,6 +32,18 @@ pub enum SeqKey {
     /// inbox_seq of a user.
     Inbox(String),
 }
+
+/// One connected device of a user and the node its connection lives on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Presence {
+    pub device_id: String,
+    pub node: String,
+}
+
+/// Payloads published on a channel, in publish order, from the moment `subscribe` returned.
+/// Delivery is at most once: what is published while the subscriber reconnects is lost, so
+/// publishers send hints (sync now) and never data that exists nowhere else.
+pub type Subscription = BoxStream<'static, Bytes>;
 
 /// Allocate `count` consecutive values of `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,4 +136,24 @@ pub trait Cache: Send + Sync + 'static {
         seq: u64,
         allocated_at_ms: i64,
     ) -> CacheResult<()>;
+
+    /// Records that `device_id` of `user_id` is connected to `node`, for `ttl` from now
+    /// (connections refresh it before it lapses).
+    async fn set_presence(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> CacheResult<()>;
+    /// Forgets a device's connection (it closed).
+    async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()>;
+    /// The connected devices of each user, in one round trip, sorted by device.
+    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>>;
+
+    /// Sends `payload` to the current subscribers of `channel`; returns how many received it
+    /// (nodes, not devices).
+    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64>;
+    /// Receives what is published on `channel` after this returns, until dropped.
+    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription>;
 }

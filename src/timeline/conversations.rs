@@ -345,14 +345,17 @@ impl Timeline {
             .iter()
             .map(|&i| rows[i].conversation_id.clone())
             .collect();
-        let heads = self.cache.hot_heads(&ids).await?;
+        let heads = self.cache.hot_heads(&ids).await.unwrap_or_else(|e| {
+            self.cache_fallback("hot_heads", &e);
+            vec![None; ids.len()]
+        });
         for (&i, head) in hot.iter().zip(heads) {
             let row = &mut rows[i];
             let (last_seq, last_message_id) = match head {
                 Some(h) => (h.last_seq, h.last_message_id),
                 None => {
                     let last = self
-                        .current_seq(&SeqKey::Conversation(row.conversation_id.clone()))
+                        .read_bound(&SeqKey::Conversation(row.conversation_id.clone()))
                         .await?;
                     let newest = self
                         .store

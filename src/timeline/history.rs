@@ -50,6 +50,12 @@ impl Timeline {
         let Some(conversation) = self.store.get_conversation(conversation_id).await? else {
             return Ok(());
         };
+        // A hole must be delivered where it is written (fan-out allocates inbox seqs): while
+        // the Cache fails, the page goes out with its gaps and a later read repairs them.
+        if let Err(e) = self.cache.epoch().await {
+            self.cache_fallback("history_repair", &e);
+            return Ok(());
+        }
         for seq in gaps {
             match self.fill_hole(conversation_id, seq, "history").await? {
                 Filled::Hole(hole) => {
@@ -91,7 +97,7 @@ impl Timeline {
         let lowest = member.joined_seq.max(1);
         let highest = match before_seq {
             0 => {
-                self.current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
+                self.read_bound(&SeqKey::Conversation(conversation_id.to_owned()))
                     .await?
             }
             b => b - 1,

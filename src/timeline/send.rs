@@ -242,11 +242,18 @@ impl Timeline {
     /// lost with the Cache is not recreated from an old seq: its head would claim the
     /// conversation ends there; readers read `messages` until a send recreates it.
     pub(crate) async fn append_hot_repair(&self, message: &MessageRow) -> TimelineResult<()> {
+        // Best effort: readers that miss the hole in the window find it in the Store.
         let id = std::slice::from_ref(&message.conversation_id);
-        if self.cache.hot_heads(id).await?[0].is_some() {
-            self.append_hot(message).await?;
+        let appended = match self.cache.hot_heads(id).await {
+            Ok(heads) if heads[0].is_some() => self.append_hot(message).await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(TimelineError::Cache(e)) = &appended {
+            self.cache_fallback("hole_append", e);
+            return Ok(());
         }
-        Ok(())
+        appended
     }
 
     /// Adds a message to its hot conversation's Cache window: one atomic append, whatever the

@@ -53,11 +53,34 @@ impl Timeline {
         Ok(self.cache.current(key).await?.unwrap_or(0))
     }
 
-    async fn seed(&self, key: &SeqKey) -> TimelineResult<()> {
-        let last = match key {
+    /// The key's last handed-out value as a bound for reads: from the Cache, or, while the
+    /// Cache fails, the Store's last persisted value (what readers can be given anyway; sends
+    /// need the sequencer, so they fail meanwhile instead).
+    pub(crate) async fn read_bound(&self, key: &SeqKey) -> TimelineResult<u64> {
+        match self.current_seq(key).await {
+            Err(TimelineError::Cache(e)) => {
+                self.cache_fallback("sequence", &e);
+                self.store_last(key).await
+            }
+            other => other,
+        }
+    }
+
+    /// Counts (and logs at debug) a read served without the Cache.
+    pub(crate) fn cache_fallback(&self, read: &'static str, error: &crate::cache::CacheError) {
+        tracing::debug!(read, %error, "cache failed: reading from the store");
+        ::metrics::counter!(metrics::CACHE_FALLBACKS, "read" => read).increment(1);
+    }
+
+    async fn store_last(&self, key: &SeqKey) -> TimelineResult<u64> {
+        Ok(match key {
             SeqKey::Conversation(c) => self.store.last_conv_seq(c).await?,
             SeqKey::Inbox(u) => self.store.last_inbox_seq(u).await?,
-        };
+        })
+    }
+
+    async fn seed(&self, key: &SeqKey) -> TimelineResult<()> {
+        let last = self.store_last(key).await?;
         self.cache.seed(key, last).await?;
         ::metrics::counter!(metrics::SEQUENCER_RESEEDS).increment(1);
         Ok(())

@@ -87,8 +87,16 @@ impl Timeline {
             grace_ms: self.limits.gap_grace.as_millis() as i64,
             retention_ms: self.limits.inbox_retention.as_millis() as i64,
         };
-        let epoch = self.cache.epoch().await?;
-        let inbox_head = self.current_seq(&SeqKey::Inbox(user.to_owned())).await?;
+        // Small-chat sync needs only the Store: without the Cache, the epoch carries over and
+        // the inbox head is the last persisted row.
+        let epoch = match self.cache.epoch().await {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                self.cache_fallback("epoch", &e);
+                cursor.epoch
+            }
+        };
+        let inbox_head = self.read_bound(&SeqKey::Inbox(user.to_owned())).await?;
 
         // A cursor older than retention may point at rows that are gone: say so instead of
         // skipping them silently, and restart at the oldest retained row.
@@ -114,7 +122,11 @@ impl Timeline {
         let heads = if hot_ids.is_empty() {
             Vec::new()
         } else {
-            self.cache.hot_heads(&hot_ids).await?
+            // Unknown heads: every hot source is opened and read from the Store.
+            self.cache.hot_heads(&hot_ids).await.unwrap_or_else(|e| {
+                self.cache_fallback("hot_heads", &e);
+                vec![None; hot_ids.len()]
+            })
         };
         // Sources of hot conversations that moved past the cursor, by conversation id.
         let mut hot: HashMap<String, HotSource> = HashMap::new();
@@ -404,7 +416,7 @@ impl HotSource {
             return Ok(None);
         };
         let upper = t
-            .current_seq(&SeqKey::Conversation(row.conversation_id.clone()))
+            .read_bound(&SeqKey::Conversation(row.conversation_id.clone()))
             .await?;
         let position = match known {
             Some(p) => p.max(row.joined_seq.saturating_sub(1)),
@@ -534,7 +546,15 @@ impl HotSource {
         let t = r.timeline;
         let id = &self.conversation.conversation_id;
         let mut out = Vec::new();
-        if let Some(window) = t.cache.hot_read(id, from - 1, limit).await?
+        let window = t
+            .cache
+            .hot_read(id, from - 1, limit)
+            .await
+            .unwrap_or_else(|e| {
+                t.cache_fallback("hot_window", &e);
+                None
+            });
+        if let Some(window) = window
             && window.low_seq <= from
         {
             for HotEntry { payload, .. } in &window.entries {

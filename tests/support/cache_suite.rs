@@ -197,6 +197,93 @@ pub async fn allocations_mark_conversations_active_until_verified(cache: &dyn Ca
     );
 }
 
+pub async fn presence_lists_live_devices_until_they_lapse(cache: &dyn Cache) {
+    let users = ["alice".to_owned(), "bob".to_owned(), "carol".to_owned()];
+    cache
+        .set_presence("alice", "phone", "node-1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    cache
+        .set_presence("alice", "laptop", "node-2", Duration::from_millis(200))
+        .await
+        .unwrap();
+    cache
+        .set_presence("bob", "phone", "node-1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // A device that reconnects elsewhere moves.
+    cache
+        .set_presence("bob", "phone", "node-3", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let p = |d: &str, n: &str| Presence {
+        device_id: d.into(),
+        node: n.into(),
+    };
+    assert_eq!(
+        cache.presence(&users).await.unwrap(),
+        vec![
+            vec![p("laptop", "node-2"), p("phone", "node-1")],
+            vec![p("phone", "node-3")],
+            vec![],
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.clear_presence("bob", "phone").await.unwrap();
+    assert_eq!(
+        cache.presence(&users).await.unwrap(),
+        vec![vec![p("phone", "node-1")], vec![], vec![]],
+        "the laptop lapsed, bob's phone left"
+    );
+    assert_eq!(
+        cache.presence(&[]).await.unwrap(),
+        Vec::<Vec<Presence>>::new()
+    );
+}
+
+pub async fn published_payloads_reach_every_subscriber_in_order(cache: &dyn Cache) {
+    use futures::StreamExt;
+    assert_eq!(
+        cache.publish("node-1", Bytes::from("lost")).await.unwrap(),
+        0,
+        "nobody listens yet"
+    );
+    let mut first = cache.subscribe("node-1").await.unwrap();
+    let mut second = cache.subscribe("node-1").await.unwrap();
+    let mut other = cache.subscribe("node-2").await.unwrap();
+    for i in 0..20u8 {
+        assert_eq!(
+            cache
+                .publish("node-1", Bytes::from(vec![i, 0, 255]))
+                .await
+                .unwrap(),
+            2
+        );
+    }
+    for sub in [&mut first, &mut second] {
+        for i in 0..20u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("payload in time");
+            assert_eq!(got, Some(Bytes::from(vec![i, 0, 255])));
+        }
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(100), other.next()).await;
+    assert!(nothing.is_err(), "another channel hears nothing");
+    drop(first);
+    drop(second);
+    // Dropped subscriptions stop counting (Redis sees the unsubscribe shortly after).
+    let mut remaining = u64::MAX;
+    for _ in 0..50 {
+        remaining = cache.publish("node-1", Bytes::from("x")).await.unwrap();
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(remaining, 0);
+}
+
 /// One `#[tokio::test]` per suite function, each on a fresh cache from `$factory`.
 #[macro_export]
 macro_rules! cache_conformance_suite {
@@ -206,6 +293,8 @@ macro_rules! cache_conformance_suite {
             claims_are_exclusive_until_they_expire,
             hot_windows_keep_the_newest_entries_and_their_head,
             allocations_mark_conversations_active_until_verified,
+            presence_lists_live_devices_until_they_lapse,
+            published_payloads_reach_every_subscriber_in_order,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -1,0 +1,695 @@
+//! The `Cache` on Redis (one server, or Redis Cluster): what many nodes share. Each method is
+//! one round trip — a command, a Lua script (`scripts.rs`) where a step must be atomic, or a
+//! pipeline of them for many keys (on a cluster, the per-slot commands go out concurrently).
+//!
+//! Redis failing never blocks for long: connections time out after `redis_timeout`, errors
+//! surface as `CacheError::Unavailable`, and the connection is re-established in the
+//! background when Redis returns.
+
+pub mod keys;
+pub mod process;
+mod scripts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{OnceCell, mpsc, oneshot};
+
+use super::*;
+use keys::{ACTIVE_SHARDS, Keys};
+
+/// Sequencer keys idle this long are dropped (re-seeded from the Store on next use).
+const SEQ_IDLE_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Hot windows of conversations silent this long are dropped (readers use the Store).
+const HOT_IDLE_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// Sweeper marks live as long as sequencer keys.
+const VERIFIED_TTL: Duration = SEQ_IDLE_TTL;
+/// A lost subscription connection is retried this often.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
+/// Payloads a subscriber may have unread before newer ones are dropped.
+const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// Where the Redis is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]`, used unless `cluster_nodes` is set.
+    pub url: String,
+    /// Seed nodes of a Redis Cluster; when not empty, cluster mode.
+    pub cluster_nodes: Vec<String>,
+    pub key_prefix: String,
+    /// Longest wait for one reply: sends fail with UNAVAILABLE after it.
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl RedisOptions {
+    pub fn single(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            cluster_nodes: Vec::new(),
+            key_prefix: "timeline".into(),
+            response_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+enum Connection {
+    Single(ConnectionManager),
+    /// Connected on first use, so a node starts while the cluster is still coming up.
+    Cluster(Box<LazyCluster>),
+}
+
+struct LazyCluster {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+pub struct RedisCache {
+    connection: Connection,
+    /// Pub/sub needs a connection of its own per subscription; on a cluster any node hears
+    /// every channel (PUBLISH is broadcast over the cluster bus), so the first seed serves.
+    pubsub_client: ::redis::Client,
+    keys: Keys,
+    scripts: Scripts,
+    options: RedisOptions,
+    round_trips: AtomicU64,
+}
+
+struct Scripts {
+    allocate: Script,
+    release_claim: Script,
+    epoch: Script,
+    hot_append: Script,
+    hot_read: Script,
+    mark_verified: Script,
+    set_presence: Script,
+    presence: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            allocate: Script::new(scripts::ALLOCATE),
+            release_claim: Script::new(scripts::RELEASE_CLAIM),
+            epoch: Script::new(scripts::EPOCH),
+            hot_append: Script::new(scripts::HOT_APPEND),
+            hot_read: Script::new(scripts::HOT_READ),
+            mark_verified: Script::new(scripts::MARK_VERIFIED),
+            set_presence: Script::new(scripts::SET_PRESENCE),
+            presence: Script::new(scripts::PRESENCE),
+        }
+    }
+
+    fn all(&self) -> [&Script; 8] {
+        [
+            &self.allocate,
+            &self.release_claim,
+            &self.epoch,
+            &self.hot_append,
+            &self.hot_read,
+            &self.mark_verified,
+            &self.set_presence,
+            &self.presence,
+        ]
+    }
+}
+
+/// `EVALSHA` of `script` (loaded on demand: see `RedisCache::run`).
+fn eval(script: &Script, keys: &[&str], args: &[&[u8]]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+fn unavailable(e: RedisError) -> CacheError {
+    CacheError::Unavailable(format!("redis: {e}"))
+}
+
+/// Whether an error means "Redis is not there right now" (retry later) rather than a bug.
+fn is_transient(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Io
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            )
+    ) || e.is_timeout()
+        || e.is_connection_dropped()
+}
+
+fn to_cache_error(e: RedisError) -> CacheError {
+    if is_transient(&e) {
+        unavailable(e)
+    } else {
+        CacheError::Protocol(format!("redis: {e}"))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+fn num(n: impl ToString) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+impl RedisCache {
+    /// Prepares the connection; nothing is sent until the first operation, so a node starts
+    /// while Redis is still down (its operations fail as unavailable until Redis is up).
+    pub fn connect(options: RedisOptions) -> CacheResult<Self> {
+        let invalid = |e: RedisError| CacheError::Protocol(format!("redis configuration: {e}"));
+        let (connection, pubsub_url) = if options.cluster_nodes.is_empty() {
+            let client = ::redis::Client::open(options.url.as_str()).map_err(invalid)?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(options.response_timeout))
+                .set_connection_timeout(Some(options.connect_timeout))
+                // One attempt per operation: while Redis is down, fail fast and let the next
+                // operation try again, instead of queueing callers behind a backoff.
+                .set_number_of_retries(1)
+                .set_max_delay(options.connect_timeout);
+            let manager =
+                ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
+            (Connection::Single(manager), options.url.clone())
+        } else {
+            let client = ClusterClient::builder(options.cluster_nodes.clone())
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(2)
+                .build()
+                .map_err(invalid)?;
+            let connection = Connection::Cluster(Box::new(LazyCluster {
+                client,
+                connection: OnceCell::new(),
+            }));
+            (connection, options.cluster_nodes[0].clone())
+        };
+        Ok(Self {
+            connection,
+            pubsub_client: ::redis::Client::open(pubsub_url.as_str()).map_err(invalid)?,
+            keys: Keys::new(&options.key_prefix),
+            scripts: Scripts::new(),
+            options,
+            round_trips: AtomicU64::new(0),
+        })
+    }
+
+    /// Round trips to Redis since start (a pipeline or a set of concurrent per-slot commands
+    /// counts once): what the benchmark divides by sends and syncs.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn count_round_trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::CACHE_ROUND_TRIPS, "backend" => "redis").increment(1);
+    }
+
+    async fn cluster(lazy: &LazyCluster) -> Result<ClusterConnection, RedisError> {
+        lazy.connection
+            .get_or_try_init(|| lazy.client.get_async_connection())
+            .await
+            .cloned()
+    }
+
+    /// Sends `cmds` in one round trip and returns their replies in order.
+    async fn send(&self, cmds: &[Cmd]) -> Result<Vec<Value>, RedisError> {
+        match &self.connection {
+            Connection::Single(manager) => {
+                let mut conn = manager.clone();
+                if let [cmd] = cmds {
+                    return Ok(vec![cmd.query_async(&mut conn).await?]);
+                }
+                let mut pipe = ::redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone());
+                }
+                pipe.query_async(&mut conn).await
+            }
+            Connection::Cluster(lazy) => {
+                let conn = Self::cluster(lazy).await?;
+                // A cluster pipeline must stay within one slot: send the commands
+                // concurrently instead (the connection multiplexes them per node).
+                futures::future::try_join_all(cmds.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Runs `cmds` (one round trip), loading the scripts once and retrying when Redis lost
+    /// them (a restart or `SCRIPT FLUSH`), and converts each reply.
+    async fn run<T: FromRedisValue>(&self, cmds: &[Cmd]) -> CacheResult<Vec<T>> {
+        self.count_round_trip();
+        let replies = match self.send(cmds).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_scripts().await.map_err(to_cache_error)?;
+                self.count_round_trip();
+                self.send(cmds).await
+            }
+            other => other,
+        }
+        .map_err(to_cache_error)?;
+        replies
+            .into_iter()
+            .map(|v| {
+                T::from_redis_value(v)
+                    .map_err(|e| CacheError::Protocol(format!("redis reply: {e}")))
+            })
+            .collect()
+    }
+
+    async fn run_one<T: FromRedisValue>(&self, cmd: Cmd) -> CacheResult<T> {
+        self.run(std::slice::from_ref(&cmd))
+            .await?
+            .pop()
+            .ok_or_else(|| CacheError::Protocol("redis: no reply".into()))
+    }
+
+    async fn load_scripts(&self) -> Result<(), RedisError> {
+        for script in self.scripts.all() {
+            match &self.connection {
+                Connection::Single(manager) => {
+                    script
+                        .prepare_invoke()
+                        .load_async(&mut manager.clone())
+                        .await?;
+                }
+                Connection::Cluster(lazy) => {
+                    let mut conn = Self::cluster(lazy).await?;
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn seq_key(&self, key: &SeqKey) -> String {
+        match key {
+            SeqKey::Conversation(c) => self.keys.conversation_seq(c),
+            SeqKey::Inbox(u) => self.keys.inbox_seq(u),
+        }
+    }
+}
+
+/// A window member: `conv_seq ‖ message_id` (big-endian, so members of one score sort by
+/// message_id, and two messages at one conv_seq stay two entries) then the encoded row.
+fn window_member(entry: &HotEntry, message_id: u64) -> Vec<u8> {
+    let mut member = Vec::with_capacity(16 + entry.payload.len());
+    member.extend_from_slice(&entry.conv_seq.to_be_bytes());
+    member.extend_from_slice(&message_id.to_be_bytes());
+    member.extend_from_slice(&entry.payload);
+    member
+}
+
+fn parse_member(member: &[u8]) -> CacheResult<HotEntry> {
+    if member.len() < 16 {
+        return Err(CacheError::Protocol(format!(
+            "hot window member of {} bytes",
+            member.len()
+        )));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&member[..8]);
+    Ok(HotEntry {
+        conv_seq: u64::from_be_bytes(seq),
+        payload: Bytes::copy_from_slice(&member[16..]),
+    })
+}
+
+fn parse_number<T: std::str::FromStr>(what: &str, s: &str) -> CacheResult<T> {
+    s.parse()
+        .map_err(|_| CacheError::Protocol(format!("redis: {what} is {s:?}, not a number")))
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn allocate(
+        &self,
+        requests: &[SeqRequest],
+        now_ms: i64,
+    ) -> CacheResult<Vec<Option<u64>>> {
+        let ttl = num(ms(SEQ_IDLE_TTL));
+        let now = num(now_ms);
+        let cmds: Vec<Cmd> = requests
+            .iter()
+            .map(|r| {
+                let count = num(r.count);
+                match &r.key {
+                    SeqKey::Conversation(c) => eval(
+                        &self.scripts.allocate,
+                        &[&self.keys.conversation_seq(c), &self.keys.active_of(c)],
+                        &[&count, &now, c.as_bytes(), &ttl],
+                    ),
+                    SeqKey::Inbox(u) => eval(
+                        &self.scripts.allocate,
+                        &[&self.keys.inbox_seq(u)],
+                        &[&count, &now, b"", &ttl],
+                    ),
+                }
+            })
+            .collect();
+        let lasts: Vec<Option<u64>> = self.run(&cmds).await?;
+        Ok(requests
+            .iter()
+            .zip(lasts)
+            .map(|(r, last)| last.map(|last| last + 1 - r.count))
+            .collect())
+    }
+
+    async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.seq_key(key))
+            .arg(last_value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(SEQ_IDLE_TTL));
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.seq_key(key));
+        self.run_one(cmd).await
+    }
+
+    async fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>> {
+        // SET … NX GET (Redis ≥ 7.0): sets and answers nil, or answers the holder's value.
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.keys.claim(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(ttl).max(1))
+            .arg("GET");
+        self.run_one(cmd).await
+    }
+
+    async fn release_claim(&self, key: &str, value: u64) -> CacheResult<()> {
+        let cmd = eval(
+            &self.scripts.release_claim,
+            &[&self.keys.claim(key)],
+            &[&num(value)],
+        );
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn epoch(&self) -> CacheResult<u64> {
+        let candidate = num(rand::random::<u64>() >> 1);
+        let cmd = eval(&self.scripts.epoch, &[&self.keys.epoch()], &[&candidate]);
+        let epoch: String = self.run_one(cmd).await?;
+        parse_number("the epoch", &epoch)
+    }
+
+    async fn hot_append(
+        &self,
+        conversation_id: &str,
+        entry: HotEntry,
+        message_id: u64,
+        window: usize,
+        now_ms: i64,
+    ) -> CacheResult<()> {
+        let cmd = eval(
+            &self.scripts.hot_append,
+            &[
+                &self.keys.hot_window(conversation_id),
+                &self.keys.hot_head(conversation_id),
+            ],
+            &[
+                &num(entry.conv_seq),
+                &window_member(&entry, message_id),
+                &num(message_id),
+                &num(window.max(1)),
+                &num(now_ms),
+                &num(ms(HOT_IDLE_TTL)),
+            ],
+        );
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>> {
+        if conversation_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<Cmd> = conversation_ids
+            .iter()
+            .map(|c| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(self.keys.hot_head(c)).arg(&["s", "m", "t"]);
+                cmd
+            })
+            .collect();
+        let replies: Vec<(Option<String>, Option<String>, Option<String>)> =
+            self.run(&cmds).await?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                (Some(s), Some(m), Some(t)) => Ok(Some(HotHead {
+                    last_seq: parse_number("a head seq", &s)?,
+                    last_message_id: parse_number("a head message_id", &m)?,
+                    last_activity_ms: parse_number("a head activity", &t)?,
+                })),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    async fn hot_read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> CacheResult<Option<HotWindow>> {
+        let cmd = eval(
+            &self.scripts.hot_read,
+            &[&self.keys.hot_window(conversation_id)],
+            &[&num(after_seq), &num(limit)],
+        );
+        let members: Vec<Vec<u8>> = self.run_one(cmd).await?;
+        let Some((low, entries)) = members.split_first() else {
+            return Ok(None);
+        };
+        Ok(Some(HotWindow {
+            low_seq: parse_member(low)?.conv_seq,
+            entries: entries
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<CacheResult<_>>()?,
+        }))
+    }
+
+    async fn active_conversations(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> CacheResult<Vec<(String, i64)>> {
+        let cmds: Vec<Cmd> = (0..ACTIVE_SHARDS)
+            .map(|shard| {
+                let mut cmd = ::redis::cmd("ZRANGE");
+                cmd.arg(self.keys.active(shard))
+                    .arg("-inf")
+                    .arg(before_ms)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .arg("WITHSCORES");
+                cmd
+            })
+            .collect();
+        let shards: Vec<Vec<(String, f64)>> = self.run(&cmds).await?;
+        let mut out: Vec<(String, i64)> = shards
+            .into_iter()
+            .flatten()
+            .map(|(c, at)| (c, at as i64))
+            .collect();
+        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.keys.verified(conversation_id));
+        self.run_one(cmd).await
+    }
+
+    async fn mark_verified(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+        allocated_at_ms: i64,
+    ) -> CacheResult<()> {
+        let cmd = eval(
+            &self.scripts.mark_verified,
+            &[
+                &self.keys.verified(conversation_id),
+                &self.keys.active_of(conversation_id),
+            ],
+            &[
+                &num(seq),
+                conversation_id.as_bytes(),
+                &num(allocated_at_ms),
+                &num(ms(VERIFIED_TTL)),
+            ],
+        );
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn set_presence(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> CacheResult<()> {
+        let cmd = eval(
+            &self.scripts.set_presence,
+            &[&self.keys.presence(user_id)],
+            &[device_id.as_bytes(), node.as_bytes(), &num(ms(ttl).max(1))],
+        );
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> {
+        let mut cmd = ::redis::cmd("HDEL");
+        cmd.arg(self.keys.presence(user_id)).arg(device_id);
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
+    }
+
+    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<Cmd> = user_ids
+            .iter()
+            .map(|u| eval(&self.scripts.presence, &[&self.keys.presence(u)], &[]))
+            .collect();
+        let replies: Vec<Vec<(String, String)>> = self.run(&cmds).await?;
+        Ok(replies
+            .into_iter()
+            .map(|pairs| {
+                let mut live: Vec<Presence> = pairs
+                    .into_iter()
+                    .map(|(device_id, node)| Presence { device_id, node })
+                    .collect();
+                live.sort();
+                live
+            })
+            .collect())
+    }
+
+    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> {
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(self.keys.channel(channel)).arg(payload.as_ref());
+        self.run_one(cmd).await
+    }
+
+    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription> {
+        let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (ready, subscribed) = oneshot::channel();
+        tokio::spawn(forward_subscription(
+            self.pubsub_client.clone(),
+            self.keys.channel(channel),
+            self.options.connect_timeout,
+            sender,
+            ready,
+        ));
+        match subscribed.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(CacheError::Unavailable("redis: subscriber ended".into())),
+        }
+        Ok(futures::stream::unfold(receiver, |mut r| async move {
+            r.recv().await.map(|payload| (payload, r))
+        })
+        .boxed())
+    }
+}
+
+/// Keeps one subscription alive for as long as its stream is held: forwards payloads, and
+/// reconnects and resubscribes when the connection drops (payloads published meanwhile are
+/// lost, as pub/sub promises no more).
+async fn forward_subscription(
+    client: ::redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    sender: mpsc::Sender<Bytes>,
+    ready: oneshot::Sender<Result<(), RedisError>>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(connect_timeout, connected).await {
+            Ok(Ok(pubsub)) => pubsub,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e,
+                    _ => RedisError::from((ErrorKind::Io, "subscribing timed out")),
+                };
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                continue;
+            }
+        };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+        let mut messages = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(m) => {
+                        let payload = Bytes::copy_from_slice(m.get_payload_bytes());
+                        // A full buffer drops the payload (at most once) rather than stall.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(payload) {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                _ = sender.closed() => return,
+            }
+        }
+        tracing::warn!(%channel, "redis subscription lost; resubscribing");
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}

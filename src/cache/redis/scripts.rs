@@ -1,0 +1,108 @@
+//! The Lua scripts: each is one atomic step on keys of one slot (see `keys.rs`).
+
+/// KEYS: sequencer[, active set]. ARGV: count, now_ms, conversation_id, key ttl (ms).
+/// The last value of the range, or nil when the key has no state (the caller re-seeds it from
+/// the Store: never counting up from zero). A conversation's allocation also marks it active.
+pub const ALLOCATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local last = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
+return last
+";
+
+/// KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
+pub const RELEASE_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// KEYS: epoch hash. ARGV: a fresh random epoch. The epoch stays while this Redis process
+/// (its `run_id`) keeps its data; a flush deletes it and a restart changes the run, so either
+/// mints a new one (a restart restoring a snapshot restores old sequencer values too: see the
+/// README on persistence).
+pub const EPOCH: &str = r"
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+if cur[1] and cur[2] == run then return cur[1] end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'run', run)
+return ARGV[1]
+";
+
+/// KEYS: window, head. ARGV: conv_seq, member, message_id, window size, now_ms, idle ttl (ms).
+/// Adds, trims to the newest entries, raises the head — one step, so a reader never sees a
+/// head ahead of its entry.
+pub const HOT_APPEND: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+local keep = tonumber(ARGV[4])
+if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1) end
+local head = redis.call('HMGET', KEYS[2], 's', 't')
+if not head[1] or tonumber(ARGV[1]) >= tonumber(head[1]) then
+  redis.call('HSET', KEYS[2], 's', ARGV[1], 'm', ARGV[3])
+end
+if not head[2] or tonumber(ARGV[5]) > tonumber(head[2]) then
+  redis.call('HSET', KEYS[2], 't', ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return n
+";
+
+/// KEYS: window. ARGV: after_seq, limit. `{}` without a window, else the lowest member
+/// followed by up to `limit` members with score > after_seq — read atomically, so the lowest
+/// member bounds what the entries cover.
+pub const HOT_READ: &str = r"
+local low = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #low == 0 then return {} end
+local items = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[2])
+table.insert(items, 1, low[1])
+return items
+";
+
+/// KEYS: verified, active set. ARGV: seq, conversation_id, allocated_at_ms, ttl (ms).
+/// Raises the verified mark (never lowers it) and leaves the active set unless the
+/// conversation allocated again since `allocated_at_ms`.
+pub const MARK_VERIFIED: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur or tonumber(ARGV[1]) > tonumber(cur) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local at = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if at and tonumber(at) == tonumber(ARGV[3]) then redis.call('ZREM', KEYS[2], ARGV[2]) end
+return 1
+";
+
+/// KEYS: presence hash. ARGV: device, node, ttl (ms). Expiry is Redis's clock (`TIME`), the
+/// same for every node; lapsed devices are dropped on the way.
+pub const SET_PRESENCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], '^(%d+)|'))
+  if not exp or exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+end
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + ttl) .. '|' .. ARGV[2])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+";
+
+/// KEYS: presence hash. The live devices and their nodes, flattened.
+pub const PRESENCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local exp, node = string.match(all[i + 1], '^(%d+)|(.*)$')
+  if exp and tonumber(exp) > now then
+    table.insert(out, all[i])
+    table.insert(out, node)
+  end
+end
+return out
+";
