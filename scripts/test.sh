@@ -8,6 +8,9 @@ need_apt=()
 # The pure-Rust build needs only a C compiler for a few -sys build scripts.
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The Redis Cache backend is tested on a real server (each test spawns its own).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -22,3 +25,5 @@ fi
 # Benchmarks in smoke mode first (short, keeps them compiling and working), then every test.
 cargo test --locked --benches
 cargo test --locked --lib --bins --tests "$@"
+# The end-to-end API suites once more with the Cache on Redis (the README tour, hot mode).
+TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot "$@"

@@ -7,77 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, TestServer, client_with_header};
+use support::{Client, TestServer, operator, send, set_mode, sync_all};
 use tonic::Code;
-
-async fn send(client: &mut Client, conversation_id: &str, client_msg_id: &str) -> Message {
-    client
-        .send_message(SendMessageRequest {
-            conversation_id: conversation_id.into(),
-            client_msg_id: client_msg_id.into(),
-            content_type: "text/plain".into(),
-            body: client_msg_id.as_bytes().to_vec(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("send {client_msg_id}: {s:?}"))
-        .into_inner()
-        .message
-        .unwrap()
-}
-
-async fn operator(server: &TestServer) -> Client {
-    let token = server
-        .auth
-        .mint_with(
-            "ops",
-            "cli",
-            Duration::from_secs(600),
-            support::now_s(),
-            true,
-        )
-        .unwrap();
-    client_with_header(&server.url(), Some(format!("Bearer {token}"))).await
-}
-
-async fn set_mode(ops: &mut Client, conversation_id: &str, mode: DeliveryMode) -> Conversation {
-    ops.set_conversation_mode(SetConversationModeRequest {
-        conversation_id: conversation_id.into(),
-        mode: mode as i32,
-    })
-    .await
-    .expect("set mode")
-    .into_inner()
-    .conversation
-    .unwrap()
-}
-
-/// Follows the cursor until caught up with the given page sizes; returns everything delivered.
-async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -> Vec<Message> {
-    let mut out = Vec::new();
-    for round in 0..10_000 {
-        let limit = sizes[round % sizes.len()];
-        let page = client
-            .sync(SyncRequest {
-                cursor: cursor.clone(),
-                limit,
-            })
-            .await
-            .expect("sync")
-            .into_inner();
-        assert!(!page.cursor_expired);
-        if page.has_more {
-            assert_eq!(page.messages.len(), limit as usize, "exact-count pages");
-        }
-        out.extend(page.messages);
-        *cursor = page.next_cursor;
-        if page.pending {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        } else if !page.has_more {
-            return out;
-        }
-    }
-    panic!("sync did not converge");
-}
 
 /// Every message once, and each conversation's conv_seqs exactly 1..=n in order.
 fn assert_contiguous_once(synced: &[Message], expected: &BTreeMap<&str, u64>) {

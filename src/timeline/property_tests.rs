@@ -15,6 +15,9 @@
 //! - G4 idempotent send: the same (sender, client_msg_id) acks with the same message;
 //! - unread = last_seq - read_seq, with last_seq the conversation's last conv_seq.
 //!
+//! The same test runs with the Cache on a private `redis-server` (a Cache reset is a
+//! FLUSHALL there), with fewer cases: `PROPTEST_REDIS_CASES` (default 150).
+//!
 //! `PROPTEST_CASES` sets the case count (default 2,000); `PROPTEST_RNG_SEED` fixes the seed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -26,7 +29,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 
 use super::{Broken, Caller, CreateConversation, Limits, SendMessage, Timeline};
+use crate::cache::Cache;
 use crate::cache::local::LocalCache;
+use crate::cache::redis::process::RedisProcess;
+use crate::cache::redis::{RedisCache, RedisOptions};
 use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
 use crate::store::*;
 use crate::testing::*;
@@ -164,14 +170,25 @@ struct World {
 type Check = Result<(), TestCaseError>;
 
 impl World {
-    async fn new(broken: Option<Broken>) -> Self {
+    async fn new(broken: Option<Broken>, backend: &Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let embedded =
             EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 8))
                 .expect("store");
-        let local = Arc::new(LocalCache::new());
+        let (cache, lose): (Arc<dyn Cache>, Arc<dyn LoseState>) = match backend {
+            Backend::Local => {
+                let local = Arc::new(LocalCache::new());
+                (local.clone(), local)
+            }
+            Backend::Redis(server) => {
+                server.flushall().expect("FLUSHALL");
+                let options = RedisOptions::single(server.url());
+                let redis = RedisCache::connect(options).expect("redis cache");
+                (Arc::new(redis), server.clone())
+            }
+        };
         let clock = ManualClock::new(1_800_000_000_000);
-        let plan = FaultPlan::new(clock.clone(), local.clone());
+        let plan = FaultPlan::new(clock.clone(), lose);
         let limits = Limits {
             bucket_size: 8,
             hot_threshold: 4,
@@ -189,7 +206,7 @@ impl World {
                 plan: plan.clone(),
             }),
             Arc::new(FaultyCache {
-                inner: local,
+                inner: cache,
                 plan: plan.clone(),
             }),
             limits,
@@ -523,13 +540,24 @@ impl World {
     }
 }
 
+/// Which Cache the pipeline runs on.
+enum Backend {
+    Local,
+    /// One server for all cases, flushed before each.
+    Redis(Arc<RedisProcess>),
+}
+
 fn run_case(ops: &[Op], broken: Option<Broken>) -> Check {
+    run_case_on(ops, broken, &Backend::Local)
+}
+
+fn run_case_on(ops: &[Op], broken: Option<Broken>, backend: &Backend) -> Check {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut world = World::new(broken).await;
+        let mut world = World::new(broken, backend).await;
         for op in ops {
             world.apply(op).await?;
         }
@@ -568,6 +596,23 @@ fn the_pipeline_keeps_the_delivery_guarantees_under_faults() {
     let mut runner = runner(cases());
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         run_case(&ops, None)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_pipeline_keeps_the_delivery_guarantees_on_redis() {
+    let server = RedisProcess::start().unwrap_or_else(|e| panic!("{e}"));
+    let backend = Backend::Redis(Arc::new(server));
+    let cases = std::env::var("PROPTEST_REDIS_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let mut runner = runner(cases);
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+        run_case_on(&ops, None, &backend)
     });
     if let Err(e) = result {
         panic!("{e}");

@@ -36,6 +36,11 @@ const CLAIM_POLL: Duration = Duration::from_millis(25);
 /// A send rewritten this often and still late gives up rewriting (its last copy stands).
 const MAX_LATE_REWRITES: u32 = 3;
 
+/// The Cache key that makes one `(sender, client_msg_id)` create at most one message.
+fn send_claim_key(caller: &Caller, client_msg_id: &str) -> String {
+    format!("send:{}:{client_msg_id}", caller.user_id)
+}
+
 /// The payload of a hot window entry.
 pub(crate) fn encode_message(message: &MessageRow) -> TimelineResult<bytes::Bytes> {
     postcard::to_stdvec(message)
@@ -112,7 +117,18 @@ impl Timeline {
         // A write that lands later than gap_grace/2 after its seq was allocated may have been
         // given up by a reader as abandoned: it is written again under a fresh seq.
         for attempt in 0.. {
-            message.conv_seq = self.allocate_conv_seq(&message.conversation_id).await?;
+            message.conv_seq = match self.allocate_conv_seq(&message.conversation_id).await {
+                Ok(seq) => seq,
+                Err(e) => {
+                    if idempotent && attempt == 0 {
+                        self.release_claim_soon(
+                            send_claim_key(caller, &req.client_msg_id),
+                            message_id,
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             // Taken after the allocation: a reader judges a gap by its successor's age.
             message.created_at_ms = self.clock.now_ms();
             self.store
@@ -145,6 +161,22 @@ impl Timeline {
             }
         }
         Ok(message)
+    }
+
+    /// Frees a send's client_msg_id after it failed before writing anything, so the client's
+    /// retry proceeds at once instead of waiting out the lease. The Cache just failed, so the
+    /// release is retried in the background for up to the lease.
+    fn release_claim_soon(&self, key: String, holder: u64) {
+        let cache = self.cache.clone();
+        let lease = self.limits.send_claim_lease;
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(50);
+            while cache.release_claim(&key, holder).await.is_err() && started.elapsed() < lease {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     async fn allocate_conv_seq(&self, conversation_id: &str) -> TimelineResult<u64> {
@@ -327,13 +359,21 @@ impl Timeline {
         req: &SendMessage,
         message_id: u64,
     ) -> TimelineResult<Option<MessageRow>> {
-        let key = format!("send:{}:{}", caller.user_id, req.client_msg_id);
-        if self
+        let key = send_claim_key(caller, &req.client_msg_id);
+        let claimed = match self
             .cache
             .claim(&key, message_id, self.limits.send_claim_lease)
-            .await?
-            .is_none()
+            .await
         {
+            Ok(held) => held,
+            Err(e) => {
+                // The claim may still take effect (a reply lost, a paused Redis resuming):
+                // take it back, or the retry would wait out the lease.
+                self.release_claim_soon(key, message_id);
+                return Err(e.into());
+            }
+        };
+        if claimed.is_none() {
             // The claim may have expired after a first send completed: the record decides.
             return self.replay(caller, req).await;
         }

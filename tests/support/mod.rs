@@ -8,11 +8,13 @@ pub mod store_suite;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ::timeline::api::Authenticator;
+use ::timeline::cache::redis::process::RedisProcess;
+use ::timeline::config::{CacheKind, Config};
+use ::timeline::proto::timeline_service_client::TimelineServiceClient;
+use ::timeline::proto::*;
+use ::timeline::server::Node;
 use tempfile::TempDir;
-use timeline::api::Authenticator;
-use timeline::config::Config;
-use timeline::proto::timeline_service_client::TimelineServiceClient;
-use timeline::server::Node;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -41,6 +43,8 @@ pub struct TestServer {
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The private Redis when the Cache is Redis; dropped (killed) with the server.
+    pub redis: Option<RedisProcess>,
     _dir: TempDir,
 }
 
@@ -50,15 +54,33 @@ impl TestServer {
     }
 
     /// Starts a server whose configuration `adjust` may change first.
+    ///
+    /// The Cache is the local one, or a private Redis when `TIMELINE_TEST_CACHE=redis` (the
+    /// test command runs the API suites both ways).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let redis = std::env::var("TIMELINE_TEST_CACHE").is_ok_and(|c| c == "redis");
+        Self::start_on(redis, adjust).await
+    }
+
+    /// Starts a server on a private `redis-server`, reachable as `self.redis`.
+    pub async fn start_with_redis(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(true, adjust).await
+    }
+
+    async fn start_on(redis: bool, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             jwt_secret: Some(SECRET.into()),
-            recovery_interval: timeline::config::HumanDuration(Duration::from_millis(200)),
+            recovery_interval: ::timeline::config::HumanDuration(Duration::from_millis(200)),
             ..Config::default()
         };
+        let redis = redis.then(|| RedisProcess::start().unwrap_or_else(|e| panic!("{e}")));
+        if let Some(r) = &redis {
+            config.cache = CacheKind::Redis;
+            config.redis_url = r.url();
+        }
         adjust(&mut config);
         let node = Node::build(&config).expect("node");
         let auth = node.auth.clone();
@@ -81,6 +103,7 @@ impl TestServer {
             config,
             shutdown: Some(tx),
             task: Some(task),
+            redis,
             _dir: dir,
         }
     }
@@ -135,4 +158,67 @@ pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
         .expect("connect");
     let value = header.map(|h| h.parse().expect("ascii header"));
     TimelineServiceClient::with_interceptor(channel, Bearer(value))
+}
+
+pub async fn send(client: &mut Client, conversation_id: &str, client_msg_id: &str) -> Message {
+    client
+        .send_message(SendMessageRequest {
+            conversation_id: conversation_id.into(),
+            client_msg_id: client_msg_id.into(),
+            content_type: "text/plain".into(),
+            body: client_msg_id.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("send {client_msg_id}: {s:?}"))
+        .into_inner()
+        .message
+        .unwrap()
+}
+
+pub async fn operator(server: &TestServer) -> Client {
+    let token = server
+        .auth
+        .mint_with("ops", "cli", Duration::from_secs(600), now_s(), true)
+        .unwrap();
+    client_with_header(&server.url(), Some(format!("Bearer {token}"))).await
+}
+
+pub async fn set_mode(ops: &mut Client, conversation_id: &str, mode: DeliveryMode) -> Conversation {
+    ops.set_conversation_mode(SetConversationModeRequest {
+        conversation_id: conversation_id.into(),
+        mode: mode as i32,
+    })
+    .await
+    .expect("set mode")
+    .into_inner()
+    .conversation
+    .unwrap()
+}
+
+/// Follows the cursor until caught up with the given page sizes; returns everything delivered.
+pub async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -> Vec<Message> {
+    let mut out = Vec::new();
+    for round in 0..10_000 {
+        let limit = sizes[round % sizes.len()];
+        let page = client
+            .sync(SyncRequest {
+                cursor: cursor.clone(),
+                limit,
+            })
+            .await
+            .expect("sync")
+            .into_inner();
+        assert!(!page.cursor_expired);
+        if page.has_more {
+            assert_eq!(page.messages.len(), limit as usize, "exact-count pages");
+        }
+        out.extend(page.messages);
+        *cursor = page.next_cursor;
+        if page.pending {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else if !page.has_more {
+            return out;
+        }
+    }
+    panic!("sync did not converge");
 }

@@ -8,7 +8,7 @@
 
 pub mod keys;
 pub mod process;
-mod scripts;
+pub mod scripts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
