@@ -258,6 +258,16 @@ fn check_delivery(
     }
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
 async fn history_ids(client: &mut Client, conversation: &str) -> HashSet<u64> {
     let mut ids = HashSet::new();
     let mut before = 0;
@@ -358,6 +368,11 @@ async fn while_redis_is_down_reads_work_and_sends_fail_fast_then_recover() {
         .expect("list")
         .into_inner();
     assert_eq!(list.conversations.len(), 3);
+    let ready = http_get(server.addr, "/readyz").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("cache: degraded"),
+        "{ready}"
+    );
 
     for conversation in ["d:alice:bob", "g:small", "g:hot"] {
         let started = Instant::now();

@@ -177,10 +177,20 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         .with_state(api)
 }
 
-/// Ready when the store answers a read.
+/// Ready when the store answers a read. The Cache's state is reported, not required: without
+/// it reads are still served, and all nodes share it, so failing every node would only take
+/// the reads down too.
 async fn readyz(State(api): State<TimelineApi>) -> Response {
+    let cache = match api.timeline.cache_ready().await {
+        Ok(()) => "cache: ok".to_owned(),
+        Err(e) => format!("cache: degraded, sends fail until it returns ({e})"),
+    };
     match api.timeline.store_ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        Ok(()) => (StatusCode::OK, format!("ready\n{cache}\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {e}\n{cache}\n"),
+        )
+            .into_response(),
     }
 }

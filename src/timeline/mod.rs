@@ -261,4 +261,11 @@ impl Timeline {
         self.store.get_conversation("g:readiness-probe").await?;
         Ok(())
     }
+
+    /// Whether the Cache answers. Without it the node still serves reads (from the Store) but
+    /// not sends; every node shares the Cache, so readiness does not depend on it.
+    pub async fn cache_ready(&self) -> TimelineResult<()> {
+        self.cache.epoch().await?;
+        Ok(())
+    }
 }
