@@ -8,28 +8,16 @@
 //!
 //! `cargo bench --bench hybrid`; under `cargo test` it runs a short smoke pass.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{caller, group, percentile, send};
 use timeline::cache::local::LocalCache;
 use timeline::store::DeliveryMode;
 use timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
-use timeline::timeline::{Caller, CreateConversation, Limits, SendMessage, SystemClock, Timeline};
-
-fn caller(user: &str) -> Caller {
-    Caller {
-        user_id: user.into(),
-        device_id: "bench".into(),
-        admin: true,
-    }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
+use timeline::timeline::{CreateConversation, Limits, SystemClock, Timeline};
 
 /// The value of a counter in the Prometheus rendering (0 when absent).
 fn counter(text: &str, name: &str) -> f64 {
@@ -65,34 +53,6 @@ fn env() -> Env {
     }
 }
 
-async fn group(t: &Timeline, id: &str, members: usize) {
-    t.create_conversation(
-        &caller("owner"),
-        CreateConversation {
-            kind: timeline::store::ConversationKind::Group,
-            conversation_id: id.into(),
-            title: String::new(),
-            member_ids: (1..members).map(|i| format!("m{i}")).collect(),
-        },
-    )
-    .await
-    .expect("create group");
-}
-
-async fn send(t: &Timeline, conversation_id: &str, n: usize) {
-    t.send(
-        &caller("owner"),
-        SendMessage {
-            conversation_id: conversation_id.into(),
-            client_msg_id: format!("{conversation_id}-{n}"),
-            content_type: String::new(),
-            body: Bytes::from_static(&[b'x'; 100]),
-        },
-    )
-    .await
-    .expect("send");
-}
-
 async fn send_cost(sizes: &[usize], sends: usize) {
     let metrics = timeline::metrics::init();
     println!(
@@ -105,14 +65,14 @@ async fn send_cost(sizes: &[usize], sends: usize) {
     for &members in sizes {
         let e = env();
         let id = format!("g:size{members}");
-        group(&e.timeline, &id, members).await;
+        group(&e.timeline, "owner", &id, members).await;
         // The warm-up send also lets a large group switch to hot (no dwell here).
-        send(&e.timeline, &id, 0).await;
+        send(&e.timeline, "owner", &id, 0).await;
         let before = counter(&metrics.render(), "timeline_inbox_rows_written_total");
         let mut latencies = Vec::with_capacity(sends);
         for n in 1..=sends {
             let started = Instant::now();
-            send(&e.timeline, &id, n).await;
+            send(&e.timeline, "owner", &id, n).await;
             latencies.push(started.elapsed());
         }
         let rows = counter(&metrics.render(), "timeline_inbox_rows_written_total") - before;
@@ -163,7 +123,7 @@ async fn sync_cost(counts: &[usize], iterations: usize) {
             t.switch_mode(&id, DeliveryMode::Hot, true)
                 .await
                 .expect("force hot");
-            send(t, &id, 0).await;
+            send(t, "owner", &id, 0).await;
         }
         let reader = caller("reader");
         let mut cursor = String::new();
@@ -182,7 +142,13 @@ async fn sync_cost(counts: &[usize], iterations: usize) {
             assert!(page.messages.is_empty());
         }
         for c in 0..count.min(10) {
-            send(t, &format!("g:hot{}", c * count / count.min(10)), 1).await;
+            send(
+                t,
+                "owner",
+                &format!("g:hot{}", c * count / count.min(10)),
+                1,
+            )
+            .await;
         }
         let mut fresh = Vec::with_capacity(iterations);
         for _ in 0..iterations {

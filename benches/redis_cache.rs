@@ -10,27 +10,21 @@
 //!
 //! `cargo bench --bench redis_cache`; under `cargo test` it runs a short smoke pass.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{caller, group, send};
 use timeline::cache::redis::process::RedisProcess;
 use timeline::cache::redis::{RedisCache, RedisOptions, scripts};
+use timeline::store::DeliveryMode;
 use timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
-use timeline::store::{ConversationKind, DeliveryMode};
-use timeline::timeline::{Caller, CreateConversation, Limits, SendMessage, SystemClock, Timeline};
+use timeline::timeline::{Limits, SystemClock, Timeline};
 
 const HOT_MEMBERS: usize = 1000;
 const CONCURRENCY: usize = 32;
-
-fn caller(user: &str) -> Caller {
-    Caller {
-        user_id: user.into(),
-        device_id: "bench".into(),
-        admin: true,
-    }
-}
 
 struct Env {
     timeline: Arc<Timeline>,
@@ -57,37 +51,14 @@ fn env(redis: &RedisProcess, durability: Durability) -> Env {
     }
 }
 
-async fn group(t: &Timeline, id: &str, members: usize, hot: bool) {
-    t.create_conversation(
-        &caller("m0"),
-        CreateConversation {
-            kind: ConversationKind::Group,
-            conversation_id: id.into(),
-            title: String::new(),
-            member_ids: (1..members).map(|i| format!("m{i}")).collect(),
-        },
-    )
-    .await
-    .expect("create group");
+/// A group of `members` created by m0, forced hot when `hot`.
+async fn hot_or_not(t: &Timeline, id: &str, members: usize, hot: bool) {
+    group(t, "m0", id, members).await;
     if hot {
         t.switch_mode(id, DeliveryMode::Hot, true)
             .await
             .expect("force hot");
     }
-}
-
-async fn send(t: &Timeline, sender: &str, conversation_id: &str, n: usize) {
-    t.send(
-        &caller(sender),
-        SendMessage {
-            conversation_id: conversation_id.into(),
-            client_msg_id: format!("{sender}-{conversation_id}-{n}"),
-            content_type: String::new(),
-            body: Bytes::from_static(&[b'x'; 100]),
-        },
-    )
-    .await
-    .expect("send");
 }
 
 /// Round trips of `n` runs of `op`, per run.
@@ -106,8 +77,8 @@ where
 async fn round_trips(redis: &RedisProcess, n: usize) {
     let e = env(redis, Durability::Buffered);
     let t = &e.timeline;
-    group(t, "g:five", 5, false).await;
-    group(t, "g:hot", HOT_MEMBERS, true).await;
+    hot_or_not(t, "g:five", 5, false).await;
+    hot_or_not(t, "g:hot", HOT_MEMBERS, true).await;
     // Warm-up: conversations created, sequencers seeded, scripts loaded.
     for (sender, id) in [("m0", "d:m0:m1"), ("m0", "g:five"), ("m0", "g:hot")] {
         send(t, sender, id, usize::MAX).await;
@@ -164,7 +135,7 @@ async fn round_trips(redis: &RedisProcess, n: usize) {
 /// Hot sends per second from `CONCURRENCY` tasks for `duration`.
 async fn hot_send_rate(redis: &RedisProcess, durability: Durability, duration: Duration) -> f64 {
     let e = env(redis, durability);
-    group(&e.timeline, "g:load", HOT_MEMBERS, true).await;
+    hot_or_not(&e.timeline, "g:load", HOT_MEMBERS, true).await;
     send(&e.timeline, "m0", "g:load", usize::MAX).await;
     let started = Instant::now();
     let deadline = started + duration;

@@ -23,7 +23,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Benchmarks in smoke mode first (short, keeps them compiling and working), then every test.
-cargo test --locked --benches
+cargo test --locked --bench '*'
 cargo test --locked --lib --bins --tests "$@"
 # The end-to-end API suites once more with the Cache on Redis (the README tour, hot mode).
 TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot "$@"

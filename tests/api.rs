@@ -7,28 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, TestServer, client_with_header};
+use support::{Client, TestServer, client_with_header, send_text};
 use tonic::Code;
-
-async fn send(
-    client: &mut Client,
-    conversation_id: &str,
-    client_msg_id: &str,
-    body: &str,
-) -> Message {
-    client
-        .send_message(SendMessageRequest {
-            conversation_id: conversation_id.into(),
-            client_msg_id: client_msg_id.into(),
-            content_type: "text/plain".into(),
-            body: body.as_bytes().to_vec(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("send to {conversation_id}: {s:?}"))
-        .into_inner()
-        .message
-        .expect("message")
-}
 
 async fn create_group(client: &mut Client, id: &str, members: &[&str]) -> Conversation {
     client
@@ -119,7 +99,7 @@ async fn direct_send_creates_the_conversation_for_both_users() {
     let mut alice = server.client("alice", "phone").await;
     let mut bob = server.client("bob", "laptop").await;
 
-    let m = send(&mut bob, "d:alice:bob", "b1", "hi alice").await;
+    let m = send_text(&mut bob, "d:alice:bob", "b1", "hi alice").await;
     assert_eq!(
         (
             m.conv_seq,
@@ -129,7 +109,7 @@ async fn direct_send_creates_the_conversation_for_both_users() {
         (1, "bob", "laptop")
     );
     assert_eq!(m.kind, MessageKind::User as i32);
-    let reply = send(&mut alice, "d:alice:bob", "a1", "hi bob").await;
+    let reply = send_text(&mut alice, "d:alice:bob", "a1", "hi bob").await;
     assert_eq!(reply.conv_seq, 2);
     assert!(reply.message_id > m.message_id);
 
@@ -173,7 +153,7 @@ async fn group_messages_reach_every_member_and_the_senders_other_devices() {
     let mut alice_phone = server.client("alice", "phone").await;
     let g = create_group(&mut alice_phone, "team", &["bob", "carol", "bob"]).await;
     assert_eq!((g.conversation_id.as_str(), g.member_count), ("g:team", 3));
-    let m = send(&mut alice_phone, "g:team", "1", "standup?").await;
+    let m = send_text(&mut alice_phone, "g:team", "1", "standup?").await;
 
     for (user, device) in [("alice", "laptop"), ("bob", "phone"), ("carol", "web")] {
         let mut c = server.client(user, device).await;
@@ -207,7 +187,7 @@ async fn sync_across_pages_of_mixed_sizes_loses_nothing_and_repeats_nothing() {
             2 => (&mut alice, "d:alice:bob"),
             _ => (&mut carol, "g:one"),
         };
-        send(client, conv, &format!("m{i}"), &format!("message {i}")).await;
+        send_text(client, conv, &format!("m{i}"), &format!("message {i}")).await;
         *expected.entry(conv.to_owned()).or_insert(0) += 1;
     }
 
@@ -220,7 +200,7 @@ async fn sync_across_pages_of_mixed_sizes_loses_nothing_and_repeats_nothing() {
 
     // Caught up: nothing more, and the cursor keeps working for what comes next.
     assert!(sync_all(&mut bob, &mut cursor, &[5]).await.is_empty());
-    let late = send(&mut alice, "g:one", "late", "late").await;
+    let late = send_text(&mut alice, "g:one", "late", "late").await;
     let more = sync_all(&mut bob, &mut cursor, &[5]).await;
     assert_eq!(
         more.iter().map(|m| m.message_id).collect::<Vec<_>>(),
@@ -253,7 +233,7 @@ async fn concurrent_senders_and_a_syncing_reader_see_every_message_once() {
                 };
                 sent.push((
                     conv.clone(),
-                    send(&mut client, &conv, &format!("{s}-{i}"), "x").await,
+                    send_text(&mut client, &conv, &format!("{s}-{i}"), "x").await,
                 ));
             }
             sent
@@ -290,15 +270,15 @@ async fn idempotent_retries_return_the_first_message_even_when_concurrent() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice", "a").await;
     create_group(&mut alice, "g", &["bob"]).await;
-    let first = send(&mut alice, "g:g", "same", "one").await;
-    let retry = send(&mut alice, "g:g", "same", "one").await;
+    let first = send_text(&mut alice, "g:g", "same", "one").await;
+    let retry = send_text(&mut alice, "g:g", "same", "one").await;
     assert_eq!(first, retry);
 
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut c = server.client("alice", "a").await;
         tasks.push(tokio::spawn(async move {
-            send(&mut c, "g:g", "burst", "two").await
+            send_text(&mut c, "g:g", "burst", "two").await
         }));
     }
     let mut ids = HashSet::new();
@@ -338,7 +318,7 @@ async fn history_pages_backwards_and_starts_at_joined_seq() {
     let mut alice = server.client("alice", "a").await;
     create_group(&mut alice, "h", &["bob"]).await;
     for i in 1..=25 {
-        send(&mut alice, "g:h", &format!("{i}"), &format!("{i}")).await;
+        send_text(&mut alice, "g:h", &format!("{i}"), &format!("{i}")).await;
     }
     let mut bob = server.client("bob", "b").await;
     let mut before = 0;
@@ -379,7 +359,7 @@ async fn history_pages_backwards_and_starts_at_joined_seq() {
     assert_eq!(added.added[0].joined_seq, 26);
     assert_eq!(added.conversation.unwrap().member_count, 3);
     for i in 26..=28 {
-        send(&mut alice, "g:h", &format!("{i}"), &format!("{i}")).await;
+        send_text(&mut alice, "g:h", &format!("{i}"), &format!("{i}")).await;
     }
     let mut dave = server.client("dave", "d").await;
     let history = dave
@@ -424,11 +404,11 @@ async fn conversation_list_orders_by_activity_and_counts_unread() {
     let mut bob = server.client("bob", "b").await;
     create_group(&mut alice, "x", &["bob"]).await;
     create_group(&mut alice, "y", &["bob"]).await;
-    send(&mut alice, "g:x", "1", "x1").await;
-    send(&mut alice, "g:y", "2", "y1").await;
-    send(&mut alice, "g:x", "3", "x2").await;
-    send(&mut alice, "d:alice:bob", "4", "dm").await;
-    send(&mut alice, "g:x", "5", "x3").await;
+    send_text(&mut alice, "g:x", "1", "x1").await;
+    send_text(&mut alice, "g:y", "2", "y1").await;
+    send_text(&mut alice, "g:x", "3", "x2").await;
+    send_text(&mut alice, "d:alice:bob", "4", "dm").await;
+    send_text(&mut alice, "g:x", "5", "x3").await;
 
     let list = |page_token: String, limit| ListConversationsRequest { page_token, limit };
     let page = bob
@@ -502,7 +482,7 @@ async fn conversation_list_orders_by_activity_and_counts_unread() {
         .unwrap()
         .into_inner();
     assert!(mine.conversations.iter().all(|s| s.unread_count == 0));
-    send(&mut bob, "g:y", "6", "reply").await;
+    send_text(&mut bob, "g:y", "6", "reply").await;
     let view = bob
         .get_conversation(GetConversationRequest {
             conversation_id: "g:y".into(),
@@ -540,7 +520,7 @@ async fn removed_members_stop_receiving_and_lose_access() {
     let mut alice = server.client("alice", "a").await;
     let mut carol = server.client("carol", "c").await;
     create_group(&mut alice, "r", &["bob", "carol"]).await;
-    send(&mut alice, "g:r", "1", "before").await;
+    send_text(&mut alice, "g:r", "1", "before").await;
 
     let mut bob = server.client("bob", "b").await;
     let err = bob
@@ -565,7 +545,7 @@ async fn removed_members_stop_receiving_and_lose_access() {
         .into_inner();
     assert_eq!(removed.removed, ["carol"]);
     assert_eq!(removed.conversation.unwrap().member_count, 2);
-    send(&mut alice, "g:r", "2", "after").await;
+    send_text(&mut alice, "g:r", "2", "after").await;
 
     let synced = sync_all(&mut carol, &mut String::new(), &[10]).await;
     assert_eq!(
@@ -670,7 +650,7 @@ async fn non_members_and_unknown_conversations_are_refused() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice", "a").await;
     create_group(&mut alice, "private", &["bob"]).await;
-    send(&mut alice, "d:alice:bob", "1", "secret").await;
+    send_text(&mut alice, "d:alice:bob", "1", "secret").await;
     let mut eve = server.client("eve", "e").await;
 
     for conv in ["g:private", "d:alice:bob"] {
@@ -766,7 +746,7 @@ async fn bad_inputs_are_invalid_argument_and_leave_no_state() {
     .await;
     let mut alice = server.client("alice", "a").await;
     create_group(&mut alice, "b", &["bob"]).await;
-    send(&mut alice, "g:b", "ok", "fine").await;
+    send_text(&mut alice, "g:b", "ok", "fine").await;
 
     let too_big = vec![b'x'; 64 * 1024 + 1];
     let bad_sends = [
@@ -898,7 +878,7 @@ async fn bad_inputs_are_invalid_argument_and_leave_no_state() {
 
     // Page sizes are capped, not refused.
     for i in 0..6 {
-        send(&mut alice, "g:b", &format!("more{i}"), "m").await;
+        send_text(&mut alice, "g:b", &format!("more{i}"), "m").await;
     }
     let page = bob
         .sync(SyncRequest {
@@ -930,11 +910,11 @@ async fn retention_drops_old_rows_and_flags_cursors_that_point_before_them() {
     .await;
     let mut alice = server.client("alice", "a").await;
     let mut bob = server.client("bob", "b").await;
-    send(&mut alice, "d:alice:bob", "0", "0").await;
+    send_text(&mut alice, "d:alice:bob", "0", "0").await;
     let mut stale = String::new();
     assert_eq!(sync_all(&mut bob, &mut stale, &[10]).await.len(), 1);
     for i in 1..20 {
-        send(&mut alice, "d:alice:bob", &format!("{i}"), &i.to_string()).await;
+        send_text(&mut alice, "d:alice:bob", &format!("{i}"), &i.to_string()).await;
     }
     let page = bob
         .sync(SyncRequest {
@@ -987,9 +967,9 @@ async fn rows_past_the_retention_time_are_invisible_and_old_cursors_expire() {
     let mut bob = server.client("bob", "b").await;
     let mut cursor = String::new();
     sync_all(&mut bob, &mut cursor, &[10]).await;
-    send(&mut alice, "d:alice:bob", "1", "old").await;
+    send_text(&mut alice, "d:alice:bob", "1", "old").await;
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    send(&mut alice, "d:alice:bob", "2", "new").await;
+    send_text(&mut alice, "d:alice:bob", "2", "new").await;
     let page = bob
         .sync(SyncRequest {
             cursor: cursor.clone(),

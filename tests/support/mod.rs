@@ -160,19 +160,29 @@ pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
     TimelineServiceClient::with_interceptor(channel, Bearer(value))
 }
 
+/// Sends a text message whose body is its client_msg_id.
 pub async fn send(client: &mut Client, conversation_id: &str, client_msg_id: &str) -> Message {
+    send_text(client, conversation_id, client_msg_id, client_msg_id).await
+}
+
+pub async fn send_text(
+    client: &mut Client,
+    conversation_id: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> Message {
     client
         .send_message(SendMessageRequest {
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
             content_type: "text/plain".into(),
-            body: client_msg_id.as_bytes().to_vec(),
+            body: body.as_bytes().to_vec(),
         })
         .await
-        .unwrap_or_else(|s| panic!("send {client_msg_id}: {s:?}"))
+        .unwrap_or_else(|s| panic!("send {client_msg_id} to {conversation_id}: {s:?}"))
         .into_inner()
         .message
-        .unwrap()
+        .expect("message")
 }
 
 pub async fn operator(server: &TestServer) -> Client {
