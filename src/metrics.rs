@@ -67,6 +67,7 @@ pub fn init() -> PrometheusHandle {
             // then ours renders nothing, which is that program's choice.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register_known_series();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
@@ -157,6 +158,69 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }
 
+/// Counters of rare events exist from the start at 0 (for every label value the code uses),
+/// so that dashboards and alerts see "none" rather than "no data" and `rate()` works from the
+/// first increment.
+fn register_known_series() {
+    for name in [
+        SYNC_PENDING,
+        SYNC_GAPS_SKIPPED,
+        SYNC_CURSOR_EXPIRED,
+        IDEMPOTENT_REPLAYS,
+        SEQUENCER_RESEEDS,
+        INBOX_ROWS_WRITTEN,
+    ] {
+        counter!(name).increment(0);
+    }
+    let labelled: [(&str, &str, &[&str]); 7] = [
+        (MESSAGES_SENT, "mode", &["fanout", "hot"]),
+        (RECOVERY_REDRIVES, "trigger", &["recovery", "retry"]),
+        (HOLES_FILLED, "found_by", &["sync", "history", "sweeper"]),
+        (LATE_REWRITES, "what", &["message", "inbox"]),
+        (HOT_WINDOW_READS, "result", &["hit", "miss"]),
+        (
+            CACHE_FALLBACKS,
+            "read",
+            &[
+                "epoch",
+                "sequence",
+                "hot_heads",
+                "hot_window",
+                "hole_append",
+                "history_repair",
+            ],
+        ),
+        (MODE_SWITCHES, "to", &["hot", "fanout"]),
+    ];
+    for (name, label, values) in labelled {
+        for value in values {
+            if name == MODE_SWITCHES {
+                for forced in ["true", "false"] {
+                    counter!(name, label => *value, "forced" => forced).increment(0);
+                }
+            } else {
+                counter!(name, label => *value).increment(0);
+            }
+        }
+    }
+}
+
+/// Registers the error counter of every operation of a Store or Cache backend at 0.
+pub fn register_backend_operations(
+    kind: &'static str,
+    backend: &'static str,
+    operations: &[&'static str],
+) {
+    let errors = if kind == "store" {
+        STORE_OP_ERRORS
+    } else {
+        CACHE_OP_ERRORS
+    };
+    for operation in operations {
+        counter!(errors, "backend" => backend, "operation" => *operation).increment(0);
+    }
+}
+
 /// Renders histograms' buckets and drains idle state now and then.
 pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -198,6 +262,11 @@ pub async fn observe_backend_op<T, E>(
 /// listed method is forwarded, timed under its own name with [`observe_backend_op`].
 macro_rules! timed_decorator {
     ($trait:path, $ty:ty, $kind:literal; $( fn $name:ident(&self $(, $arg:ident: $argty:ty)* ) -> $ret:ty; )*) => {
+        impl $ty {
+            /// The operations this decorator times, by name.
+            pub const OPERATIONS: &'static [&'static str] = &[$(stringify!($name)),*];
+        }
+
         #[async_trait::async_trait]
         impl $trait for $ty {
             fn backend(&self) -> &'static str {

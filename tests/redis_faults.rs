@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ::timeline::cache::redis::process::RedisProcess;
 use ::timeline::config::HumanDuration;
 use ::timeline::proto::*;
-use support::{Client, TestServer, operator, send, set_mode, sync_all};
+use support::{Client, TestServer, http_get, operator, send, set_mode, sync_all};
 use tokio::sync::Mutex;
 use tonic::Code;
 
@@ -256,16 +256,6 @@ fn check_delivery(
             "{who}: {conversation} not contiguous in order"
         );
     }
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
 }
 
 async fn history_ids(client: &mut Client, conversation: &str) -> HashSet<u64> {

@@ -12,6 +12,7 @@ pub struct MeteredCache {
 
 impl MeteredCache {
     pub fn wrap(inner: Arc<dyn Cache>) -> Arc<dyn Cache> {
+        crate::metrics::register_backend_operations("cache", inner.backend(), Self::OPERATIONS);
         Arc::new(Self { inner })
     }
 }

@@ -11,6 +11,7 @@ pub struct MeteredStore {
 
 impl MeteredStore {
     pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+        crate::metrics::register_backend_operations("store", inner.backend(), Self::OPERATIONS);
         Arc::new(Self { inner })
     }
 }

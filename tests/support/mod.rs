@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cache_suite;
+pub mod prometheus;
 pub mod store_suite;
 
 use std::sync::Arc;
@@ -231,4 +232,15 @@ pub async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -
         }
     }
     panic!("sync did not converge");
+}
+
+/// A plain HTTP/1.1 GET; the whole response (status line, headers, body) as text.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
 }
