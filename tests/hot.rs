@@ -237,6 +237,36 @@ async fn conversations_switch_by_size_with_hysteresis() {
 }
 
 #[tokio::test]
+async fn a_group_created_past_the_threshold_is_hot_at_once_despite_the_dwell() {
+    // Default dwell (60 s): it spaces switches, it must not delay the first one.
+    let server = TestServer::start_with(|c| c.hot_threshold = 4).await;
+    let mut alice = server.client("alice", "a").await;
+    alice
+        .create_conversation(CreateConversationRequest {
+            kind: ConversationKind::Group as i32,
+            conversation_id: "crowd".into(),
+            member_ids: (1..=5).map(|i| format!("u{i}")).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let c = alice
+        .get_conversation(GetConversationRequest {
+            conversation_id: "g:crowd".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!((c.member_count, c.mode), (6, DeliveryMode::Hot as i32));
+    send(&mut alice, "g:crowd", "1").await;
+    let mut u1 = server.client("u1", "d").await;
+    let synced = sync_all(&mut u1, &mut String::new(), &[5]).await;
+    assert_contiguous_once(&synced, &BTreeMap::from([("g:crowd", 1)]));
+}
+
+#[tokio::test]
 async fn a_reader_behind_the_window_reads_the_rest_from_the_store() {
     let server = TestServer::start_with(|c| c.hot_window = 4).await;
     let mut alice = server.client("alice", "a").await;

@@ -160,13 +160,18 @@ impl Timeline {
             member_count: (members.len() + 1) as u32,
             mode_spans: ConversationRow::initial_spans(),
             mode_forced: false,
-            mode_changed_at_ms: now,
+            // Never switched: the dwell holds back a second switch, not the first (a group
+            // created or grown past hot_threshold turns hot at once).
+            mode_changed_at_ms: 0,
         };
         match self.store.insert_conversation_if_absent(&row).await? {
             None => {
                 let everyone = std::iter::once((caller.user_id.clone(), Role::Owner))
                     .chain(members.into_iter().map(|m| (m, Role::Member)));
                 self.join_all(&row, everyone, 1).await?;
+                // Created at hot size: hot before its first message (the switch's own steps).
+                self.maybe_switch(&row, 0).await?;
+                let row = self.store.get_conversation(&id).await?.unwrap_or(row);
                 Ok((row, true))
             }
             // A retried creation (the first may have died half-way): complete it.
@@ -207,7 +212,7 @@ impl Timeline {
             member_count: 2,
             mode_spans: ConversationRow::initial_spans(),
             mode_forced: false,
-            mode_changed_at_ms: self.clock.now_ms(),
+            mode_changed_at_ms: 0,
         };
         // Both memberships first: a direct conversation row then always has its two members,
         // however a creation was interrupted (the next send completes it).
