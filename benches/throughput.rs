@@ -119,7 +119,7 @@ async fn run(settings: Settings) -> Vec<Outcome> {
         log: "warn".into(),
         ..Config::default()
     };
-    let node = Node::build(&config).expect("node");
+    let node = Node::build(&config).await.expect("node");
     let auth = node.auth.clone();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cache::redis::RedisOptions;
 use crate::store::embedded::{Durability, EmbeddedOptions};
+use crate::store::scylla::{ScyllaOptions, parse_consistency, valid_keyspace};
 use crate::timeline::Limits;
 use crate::timeline::ids::MAX_NODE_ID;
 
@@ -38,6 +39,8 @@ pub enum ConfigError {
 pub enum StoreKind {
     /// fjall in `data_dir`: no external service.
     Embedded,
+    /// A ScyllaDB cluster (`scylla_*` keys): shared by many nodes.
+    Scylla,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +131,19 @@ pub struct Config {
     /// Longest wait for one Redis reply; sends fail with UNAVAILABLE after it.
     pub redis_timeout: HumanDuration,
     pub redis_connect_timeout: HumanDuration,
+    /// With `store = "scylla"`: comma-separated contact points, `host:port`.
+    pub scylla_nodes: String,
+    pub scylla_keyspace: String,
+    /// Datacenter to route to (and, for `migrate`, to replicate in); empty: any.
+    pub scylla_local_dc: String,
+    /// `local_quorum` (default), `quorum`, `each_quorum`, `all`, `one`, `local_one`, ...
+    pub scylla_consistency: String,
+    /// Replicas per datacenter created by `timeline migrate`.
+    pub scylla_replication_factor: u32,
+    pub scylla_request_timeout: HumanDuration,
+    pub scylla_connect_timeout: HumanDuration,
+    pub scylla_username: Option<String>,
+    pub scylla_password: Option<String>,
     /// HS256 secret for tokens; generated into the data dir when unset (embedded mode).
     pub jwt_secret: Option<String>,
     /// `fsync` (every ack is on disk, group commit) or `buffered`.
@@ -177,6 +193,15 @@ impl Default for Config {
             redis_key_prefix: "timeline".into(),
             redis_timeout: HumanDuration(Duration::from_millis(500)),
             redis_connect_timeout: HumanDuration(Duration::from_secs(1)),
+            scylla_nodes: "127.0.0.1:9042".into(),
+            scylla_keyspace: "timeline".into(),
+            scylla_local_dc: String::new(),
+            scylla_consistency: "local_quorum".into(),
+            scylla_replication_factor: 3,
+            scylla_request_timeout: HumanDuration(Duration::from_secs(2)),
+            scylla_connect_timeout: HumanDuration(Duration::from_secs(5)),
+            scylla_username: None,
+            scylla_password: None,
             jwt_secret: None,
             durability: Durability::Fsync,
             node_id: limits.node_id,
@@ -277,6 +302,28 @@ impl Config {
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}']) {
             return fail("redis_key_prefix must be non-empty and free of braces".into());
         }
+        if self.store == StoreKind::Scylla {
+            if let Err(e) = parse_consistency(&self.scylla_consistency) {
+                return fail(e);
+            }
+            if !valid_keyspace(&self.scylla_keyspace) {
+                return fail(format!(
+                    "scylla_keyspace {:?} must be lower-case letters, digits and _ (at most 48)",
+                    self.scylla_keyspace
+                ));
+            }
+            if self.scylla_nodes().is_empty() {
+                return fail("scylla_nodes must name at least one host:port".into());
+            }
+            if self.scylla_replication_factor == 0 || self.scylla_request_timeout.0.is_zero() {
+                return fail(
+                    "scylla_replication_factor and scylla_request_timeout must be positive".into(),
+                );
+            }
+            if self.scylla_username.is_some() != self.scylla_password.is_some() {
+                return fail("set both scylla_username and scylla_password, or neither".into());
+            }
+        }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 32) {
             return fail("jwt_secret must be at least 32 characters".into());
         }
@@ -319,6 +366,34 @@ impl Config {
         }
     }
 
+    fn scylla_nodes(&self) -> Vec<String> {
+        self.scylla_nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How to reach ScyllaDB (`store = "scylla"`); its TTLs are the retention settings.
+    pub fn scylla_options(&self) -> Result<ScyllaOptions, ConfigError> {
+        Ok(ScyllaOptions {
+            nodes: self.scylla_nodes(),
+            keyspace: self.scylla_keyspace.clone(),
+            local_dc: self.scylla_local_dc.clone(),
+            consistency: parse_consistency(&self.scylla_consistency)
+                .map_err(ConfigError::Invalid)?,
+            request_timeout: self.scylla_request_timeout.0,
+            connect_timeout: self.scylla_connect_timeout.0,
+            username: self.scylla_username.clone(),
+            password: self.scylla_password.clone(),
+            replication_factor: self.scylla_replication_factor,
+            bucket_size: self.bucket_size,
+            inbox_ttl: self.inbox_retention.0,
+            idempotency_ttl: self.idempotency_ttl.0,
+        })
+    }
+
     /// How to reach Redis (`cache = "redis"`).
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {
@@ -341,6 +416,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.jwt_secret.is_some() {
             shown.jwt_secret = Some("********".into());
+        }
+        if shown.scylla_password.is_some() {
+            shown.scylla_password = Some("********".into());
         }
         shown.redis_url = mask_password(&shown.redis_url);
         shown.redis_cluster_nodes = shown

@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(common) => {
             let config = load(cli.config.as_ref(), common)?;
             init_logging(&config.log);
-            let node = Node::build(&config).map_err(|e| e.to_string())?;
+            let node = Node::build(&config).await.map_err(|e| e.to_string())?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -149,6 +149,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                     )
                     .map_err(|e| e.to_string())?;
                     println!("embedded store ready in {}", config.data_dir.display());
+                }
+                StoreKind::Scylla => {
+                    let options = config.scylla_options().map_err(|e| e.to_string())?;
+                    let applied = timeline::store::scylla::ScyllaStore::migrate(&options)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!(
+                        "keyspace {} ready on {}: {} statements applied (all IF NOT EXISTS)",
+                        options.keyspace,
+                        options.nodes.join(","),
+                        applied.len()
+                    );
                 }
             }
             Ok(())

@@ -16,6 +16,7 @@ use crate::config::{CacheKind, Config, ConfigError, StoreKind};
 use crate::metrics;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::metered::MeteredStore;
+use crate::store::scylla::ScyllaStore;
 use crate::store::{Store, StoreError};
 use crate::timeline::{SystemClock, Timeline};
 
@@ -39,7 +40,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn build(config: &Config) -> Result<Self, ServerError> {
+    pub async fn build(config: &Config) -> Result<Self, ServerError> {
         config.validate()?;
         let metrics = metrics::init();
         let (secret, generated) = config.resolve_jwt_secret()?;
@@ -54,6 +55,7 @@ impl Node {
                 let s = EmbeddedStore::open(&config.data_dir, config.embedded_options())?;
                 (s.clone(), Some(s))
             }
+            StoreKind::Scylla => (ScyllaStore::connect(&config.scylla_options()?).await?, None),
         };
         let cache: Arc<dyn Cache> = match config.cache {
             CacheKind::Local => Arc::new(LocalCache::new()),

@@ -139,7 +139,7 @@ async fn drive_traffic(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::tas
                 let _ =
                     send_quietly(&mut alice, conversation, &format!("{conversation}-{n}")).await;
             }
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 // A retry: answered from the idempotency record.
                 let _ = send_quietly(&mut alice, "g:team", &format!("g:team-{n}")).await;
             }

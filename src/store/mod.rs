@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod metered;
 mod rows;
+pub mod scylla;
 
 pub use rows::*;
 

@@ -16,7 +16,9 @@
 //! - unread = last_seq - read_seq, with last_seq the conversation's last conv_seq.
 //!
 //! The same test runs with the Cache on a private `redis-server` (a Cache reset is a
-//! FLUSHALL there), with fewer cases: `PROPTEST_REDIS_CASES` (default 150).
+//! FLUSHALL there), with fewer cases: `PROPTEST_REDIS_CASES` (default 150); and with the Store
+//! on ScyllaDB when `SCYLLA_NODES` names a cluster (`PROPTEST_SCYLLA_CASES`, default 30; one
+//! keyspace, truncated before each case).
 //!
 //! `PROPTEST_CASES` sets the case count (default 2,000); `PROPTEST_RNG_SEED` fixes the seed.
 
@@ -34,6 +36,7 @@ use crate::cache::local::LocalCache;
 use crate::cache::redis::process::RedisProcess;
 use crate::cache::redis::{RedisCache, RedisOptions};
 use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
+use crate::store::scylla::{SKIPPED_WITHOUT_CLUSTER, ScyllaOptions, ScyllaStore, TestKeyspace};
 use crate::store::*;
 use crate::testing::*;
 
@@ -172,15 +175,21 @@ type Check = Result<(), TestCaseError>;
 impl World {
     async fn new(broken: Option<Broken>, backend: &Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let embedded =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 8))
-                .expect("store");
-        let (cache, lose): (Arc<dyn Cache>, Arc<dyn LoseState>) = match backend {
-            Backend::Local => {
+        let store: Arc<dyn Store> = match &backend.store {
+            None => EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 8))
+                .expect("store"),
+            Some(options) => {
+                let scylla = ScyllaStore::connect(options).await.expect("scylla store");
+                scylla.truncate_tables().await.expect("truncate");
+                scylla
+            }
+        };
+        let (cache, lose): (Arc<dyn Cache>, Arc<dyn LoseState>) = match &backend.cache {
+            CacheBackend::Local => {
                 let local = Arc::new(LocalCache::new());
                 (local.clone(), local)
             }
-            Backend::Redis(server) => {
+            CacheBackend::Redis(server) => {
                 server.flushall().expect("FLUSHALL");
                 let options = RedisOptions::single(server.url());
                 let redis = RedisCache::connect(options).expect("redis cache");
@@ -202,7 +211,7 @@ impl World {
         };
         let timeline = Timeline::new(
             Arc::new(FaultyStore {
-                inner: embedded,
+                inner: store,
                 plan: plan.clone(),
             }),
             Arc::new(FaultyCache {
@@ -541,14 +550,25 @@ impl World {
 }
 
 /// Which Cache the pipeline runs on.
-enum Backend {
+enum CacheBackend {
     Local,
     /// One server for all cases, flushed before each.
     Redis(Arc<RedisProcess>),
 }
 
+/// The backends under the pipeline: the Store is embedded unless a ScyllaDB keyspace is given.
+struct Backend {
+    cache: CacheBackend,
+    store: Option<ScyllaOptions>,
+}
+
+const LOCAL: Backend = Backend {
+    cache: CacheBackend::Local,
+    store: None,
+};
+
 fn run_case(ops: &[Op], broken: Option<Broken>) -> Check {
-    run_case_on(ops, broken, &Backend::Local)
+    run_case_on(ops, broken, &LOCAL)
 }
 
 fn run_case_on(ops: &[Op], broken: Option<Broken>, backend: &Backend) -> Check {
@@ -605,11 +625,43 @@ fn the_pipeline_keeps_the_delivery_guarantees_under_faults() {
 #[test]
 fn the_pipeline_keeps_the_delivery_guarantees_on_redis() {
     let server = RedisProcess::start().unwrap_or_else(|e| panic!("{e}"));
-    let backend = Backend::Redis(Arc::new(server));
+    let backend = Backend {
+        cache: CacheBackend::Redis(Arc::new(server)),
+        store: None,
+    };
     let cases = std::env::var("PROPTEST_REDIS_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(150);
+    let mut runner = runner(cases);
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+        run_case_on(&ops, None, &backend)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_pipeline_keeps_the_delivery_guarantees_on_scylla() {
+    let Some(options) = ScyllaOptions::from_test_env("property", 8) else {
+        eprintln!("{SKIPPED_WITHOUT_CLUSTER}");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(ScyllaStore::migrate(&options))
+        .expect("migrate a fresh keyspace");
+    drop(runtime);
+    let _keyspace = TestKeyspace(options.clone());
+    let backend = Backend {
+        cache: CacheBackend::Local,
+        store: Some(options),
+    };
+    let cases = std::env::var("PROPTEST_SCYLLA_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let mut runner = runner(cases);
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         run_case_on(&ops, None, &backend)

@@ -83,7 +83,7 @@ impl TestServer {
             config.redis_url = r.url();
         }
         adjust(&mut config);
-        let node = Node::build(&config).expect("node");
+        let node = Node::build(&config).await.expect("node");
         let auth = node.auth.clone();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -1,0 +1,364 @@
+//! Every CQL statement the ScyllaDB backend runs, prepared once at start, each with the Rust
+//! types it binds and reads: the always-on schema check (`tests/scylla_schema.rs`) parses each
+//! against `schema.cql` and type-checks those Rust types with the driver's own checks.
+
+use ::scylla::client::session::Session;
+use ::scylla::deserialize::row::{ColumnIterator, DeserializeRow};
+use ::scylla::deserialize::value::DeserializeValue;
+use ::scylla::deserialize::{DeserializationError, FrameSlice, TypeCheckError};
+use ::scylla::errors::PrepareError;
+use ::scylla::frame::response::result::{ColumnSpec, ColumnType};
+use ::scylla::serialize::SerializationError;
+use ::scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use ::scylla::serialize::value::SerializeValue;
+use ::scylla::serialize::writers::{CellWriter, RowWriter, WrittenCellProof};
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::statement::{Consistency, SerialConsistency};
+use ::scylla::value::CqlTimestamp;
+use ::scylla::{DeserializeRow, SerializeRow};
+use std::collections::BTreeMap;
+
+/// A CQL `timestamp` (milliseconds since the Unix epoch) with a `Default`, so that every bind
+/// tuple can be instantiated by the type check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Millis(pub i64);
+
+impl SerializeValue for Millis {
+    fn serialize<'b>(
+        &self,
+        typ: &ColumnType,
+        writer: CellWriter<'b>,
+    ) -> Result<WrittenCellProof<'b>, SerializationError> {
+        CqlTimestamp(self.0).serialize(typ, writer)
+    }
+}
+
+impl<'frame, 'metadata> DeserializeValue<'frame, 'metadata> for Millis {
+    fn type_check(typ: &ColumnType) -> Result<(), TypeCheckError> {
+        <CqlTimestamp as DeserializeValue>::type_check(typ)
+    }
+    fn deserialize(
+        typ: &'metadata ColumnType<'metadata>,
+        v: Option<FrameSlice<'frame>>,
+    ) -> Result<Self, DeserializationError> {
+        <CqlTimestamp as DeserializeValue>::deserialize(typ, v).map(|t| Millis(t.0))
+    }
+}
+
+/// The "row type" of statements that return no rows.
+pub struct NoRows;
+
+impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for NoRows {
+    fn type_check(specs: &[ColumnSpec]) -> Result<(), TypeCheckError> {
+        // Lightweight transactions answer with `[applied]` (and the existing row): read untyped.
+        if specs.is_empty() {
+            Ok(())
+        } else {
+            <(bool,) as DeserializeRow>::type_check(&specs[..1])
+        }
+    }
+    fn deserialize(_row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
+        Ok(NoRows)
+    }
+}
+
+/// `conversations` as read.
+#[derive(Debug, DeserializeRow)]
+pub struct ConversationCql {
+    pub conversation_id: String,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub created_at: Option<Millis>,
+    pub created_by: Option<String>,
+    pub member_count: Option<i32>,
+    pub mode_spans: Option<Vec<(i64, String)>>,
+    pub mode_forced: Option<bool>,
+    pub mode_changed_at: Option<Millis>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct MemberCql {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub role: Option<String>,
+    pub joined_seq: Option<i64>,
+    pub joined_at: Option<Millis>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct UserConversationCql {
+    pub user_id: String,
+    pub conversation_id: String,
+    pub kind: Option<String>,
+    pub mode: Option<String>,
+    pub last_message_id: Option<i64>,
+    pub last_seq: Option<i64>,
+    pub read_seq: Option<i64>,
+    pub joined_seq: Option<i64>,
+    pub joined_at: Option<Millis>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct InboxMarksCql {
+    pub inbox_head: Option<i64>,
+    pub inbox_floor: Option<i64>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct MessageCql {
+    pub conversation_id: String,
+    pub conv_seq: i64,
+    pub message_id: i64,
+    pub sender_id: Option<String>,
+    pub sender_device_id: Option<String>,
+    pub client_msg_id: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Option<Vec<u8>>,
+    pub created_at: Option<Millis>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct InboxCql {
+    pub user_id: String,
+    pub inbox_seq: i64,
+    pub message_id: i64,
+    pub allocated_at: Option<Millis>,
+    pub conversation_id: Option<String>,
+    pub conv_seq: Option<i64>,
+    pub sender_id: Option<String>,
+    pub sender_device_id: Option<String>,
+    pub client_msg_id: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Option<Vec<u8>>,
+    pub created_at: Option<Millis>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct IdempotencyCql {
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub message_id: Option<i64>,
+    pub conversation_id: Option<String>,
+    pub conv_seq: Option<i64>,
+    pub created_at: Option<Millis>,
+}
+
+#[derive(Debug, DeserializeRow)]
+pub struct PendingCql {
+    pub shard: i32,
+    pub message_id: i64,
+    pub conversation_id: Option<String>,
+    pub conv_seq: Option<i64>,
+    pub created_at: Option<Millis>,
+    pub inbox_allocation: Option<BTreeMap<String, i64>>,
+}
+
+pub type Spans = Vec<(i64, String)>;
+pub type Allocation = BTreeMap<String, i64>;
+
+/// Binds of `insert_message`, also used inside batches.
+pub type MessageBinds = (
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Millis,
+    String,
+);
+/// Binds of `insert_inbox`, in statement order (the last is `USING TTL`).
+#[derive(Debug, Default, SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+pub struct InboxBinds {
+    pub user_id: String,
+    pub bucket: i64,
+    pub inbox_seq: i64,
+    pub message_id: i64,
+    pub allocated_at: Millis,
+    pub conversation_id: String,
+    pub conv_seq: i64,
+    pub sender_id: String,
+    pub sender_device_id: String,
+    pub client_msg_id: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub created_at: Millis,
+    pub kind: String,
+    pub ttl: i32,
+}
+
+macro_rules! statements {
+    ($( $(#[$doc:meta])* $name:ident ($idempotent:literal): $binds:ty => $row:ty = $cql:literal; )*) => {
+        /// Every statement, prepared.
+        pub struct Prepared {
+            $( $(#[$doc])* pub $name: PreparedStatement, )*
+        }
+
+        /// `(name, CQL)` of every statement, for the schema check.
+        pub const STATEMENTS: &[(&str, &str)] = &[ $( (stringify!($name), $cql) ),* ];
+
+        impl Prepared {
+            pub async fn prepare(
+                session: &Session,
+                consistency: Consistency,
+            ) -> Result<Self, PrepareError> {
+                Ok(Self {
+                    $( $name: prepare(session, $cql, $idempotent, consistency).await?, )*
+                })
+            }
+        }
+
+        /// Checks each statement's Rust bind and row types against the column specs that
+        /// `specs(name)` derives from the schema: `(binds, result columns)`.
+        pub fn type_check(
+            specs: impl Fn(&str) -> (Vec<ColumnSpec<'static>>, Vec<ColumnSpec<'static>>),
+        ) -> Vec<String> {
+            let mut problems = Vec::new();
+            $(
+                let (binds, results) = specs(stringify!($name));
+                check_types::<$binds, $row>(stringify!($name), &binds, &results, &mut problems);
+            )*
+            problems
+        }
+
+        /// Whether each statement is marked idempotent (retried and speculated).
+        pub const IDEMPOTENT: &[(&str, bool)] = &[ $( (stringify!($name), $idempotent) ),* ];
+    };
+}
+
+async fn prepare(
+    session: &Session,
+    cql: &str,
+    idempotent: bool,
+    consistency: Consistency,
+) -> Result<PreparedStatement, PrepareError> {
+    let mut p = session.prepare(cql).await?;
+    p.set_is_idempotent(idempotent);
+    p.set_consistency(consistency);
+    p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    Ok(p)
+}
+
+fn check_types<B, R>(
+    name: &str,
+    binds: &[ColumnSpec<'static>],
+    results: &[ColumnSpec<'static>],
+    problems: &mut Vec<String>,
+) where
+    B: SerializeRow + Default,
+    R: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    let ctx = RowSerializationContext::from_specs(binds);
+    let mut buf = Vec::new();
+    if let Err(e) = B::default().serialize(&ctx, &mut RowWriter::new(&mut buf)) {
+        problems.push(format!("{name}: binds: {e}"));
+    }
+    if let Err(e) = R::type_check(results) {
+        problems.push(format!("{name}: rows: {e}"));
+    }
+}
+
+statements! {
+    // --- conversations ------------------------------------------------------------------
+    /// Lightweight transaction: the loser reads the winner's row.
+    insert_conversation(false): (String, String, String, Millis, String, i32, Spans, bool, Millis) => NoRows =
+        "INSERT INTO conversations (conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+    get_conversation(true): (String,) => ConversationCql =
+        "SELECT conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at FROM conversations WHERE conversation_id = ?";
+    set_member_count(true): (i32, String) => NoRows =
+        "UPDATE conversations SET member_count = ? WHERE conversation_id = ?";
+    update_conversation_mode(true): (Spans, bool, Millis, String) => NoRows =
+        "UPDATE conversations SET mode_spans = ?, mode_forced = ?, mode_changed_at = ? WHERE conversation_id = ?";
+    /// Write timestamp = the seq: the highest seq wins whatever the arrival order.
+    raise_last_conv_seq(true): (i64, i64, String) => NoRows =
+        "UPDATE conversations USING TIMESTAMP ? SET last_seq = ? WHERE conversation_id = ?";
+    get_last_conv_seq(true): (String,) => (Option<i64>,) =
+        "SELECT last_seq FROM conversations WHERE conversation_id = ?";
+
+    // --- members ------------------------------------------------------------------------
+    insert_member(true): (String, String, String, i64, Millis) => NoRows =
+        "INSERT INTO members (conversation_id, user_id, role, joined_seq, joined_at) VALUES (?, ?, ?, ?, ?)";
+    delete_member(true): (String, String) => NoRows =
+        "DELETE FROM members WHERE conversation_id = ? AND user_id = ?";
+    get_member(true): (String, String) => MemberCql =
+        "SELECT conversation_id, user_id, role, joined_seq, joined_at FROM members WHERE conversation_id = ? AND user_id = ?";
+    list_members(true): (String, i32) => MemberCql =
+        "SELECT conversation_id, user_id, role, joined_seq, joined_at FROM members WHERE conversation_id = ? LIMIT ?";
+    list_members_after(true): (String, String, i32) => MemberCql =
+        "SELECT conversation_id, user_id, role, joined_seq, joined_at FROM members WHERE conversation_id = ? AND user_id > ? LIMIT ?";
+    count_members(true): (String,) => (i64,) =
+        "SELECT COUNT(*) FROM members WHERE conversation_id = ?";
+
+    // --- user_conversations -------------------------------------------------------------
+    /// The membership columns (ordinary write timestamps).
+    insert_user_conversation(true): (String, String, String, i64, Millis) => NoRows =
+        "INSERT INTO user_conversations (user_id, conversation_id, kind, joined_seq, joined_at) VALUES (?, ?, ?, ?, ?)";
+    /// `mode` is only ever written as 'hot' (never lowered), and deleted with the membership.
+    set_user_conversation_hot(true): (String, String) => NoRows =
+        "UPDATE user_conversations SET mode = 'hot' WHERE user_id = ? AND conversation_id = ?";
+    /// Write timestamp = last_seq: concurrent and late updates keep the highest.
+    raise_activity(true): (i64, i64, i64, String, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET last_seq = ?, last_message_id = ? WHERE user_id = ? AND conversation_id = ?";
+    /// Write timestamp = read_seq: read positions never move back.
+    raise_read_seq(true): (i64, i64, String, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET read_seq = ? WHERE user_id = ? AND conversation_id = ?";
+    raise_inbox_head(true): (i64, i64, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET inbox_head = ? WHERE user_id = ?";
+    raise_inbox_floor(true): (i64, i64, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET inbox_floor = ? WHERE user_id = ?";
+    /// A leave deletes the membership columns, never the row: a row tombstone would shadow
+    /// the seq-timestamped activity cells of a later re-join.
+    delete_user_membership(true): (String, String) => NoRows =
+        "DELETE kind, mode, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id = ?";
+    get_user_conversation(true): (String, String) => UserConversationCql =
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id = ?";
+    list_user_conversations(true): (String,) => UserConversationCql =
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ?";
+    list_user_conversations_after(true): (String, String) => UserConversationCql =
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id > ?";
+    /// Through the local secondary index on `mode`.
+    list_hot_conversations(true): (String,) => UserConversationCql =
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND mode = 'hot'";
+    get_inbox_marks(true): (String,) => InboxMarksCql =
+        "SELECT inbox_head, inbox_floor FROM user_conversations WHERE user_id = ? LIMIT 1";
+
+    // --- messages -----------------------------------------------------------------------
+    insert_message(true): MessageBinds => NoRows =
+        "INSERT INTO messages (conversation_id, bucket, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    read_messages_ascending(true): (String, i64, i64, i64, i32) => MessageCql =
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? ORDER BY conv_seq ASC LIMIT ?";
+    read_messages_descending(true): (String, i64, i64, i64, i32) => MessageCql =
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? LIMIT ?";
+    read_messages_at(true): (String, i64, i64) => MessageCql =
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq = ?";
+
+    // --- inbox --------------------------------------------------------------------------
+    insert_inbox(true): InboxBinds => NoRows =
+        "INSERT INTO inbox (user_id, bucket, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?";
+    read_inbox_after(true): (String, i64, i64, i64, i32) => InboxCql =
+        "SELECT user_id, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM inbox WHERE user_id = ? AND bucket = ? AND (inbox_seq, message_id) > (?, ?) ORDER BY inbox_seq ASC LIMIT ?";
+    drop_inbox_bucket(true): (String, i64) => NoRows =
+        "DELETE FROM inbox WHERE user_id = ? AND bucket = ?";
+
+    // --- idempotency --------------------------------------------------------------------
+    insert_idempotency(true): (String, String, i64, String, i64, Millis, i32) => NoRows =
+        "INSERT INTO idempotency (sender_id, client_msg_id, message_id, conversation_id, conv_seq, created_at) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?";
+    get_idempotency(true): (String, String) => IdempotencyCql =
+        "SELECT sender_id, client_msg_id, message_id, conversation_id, conv_seq, created_at FROM idempotency WHERE sender_id = ? AND client_msg_id = ?";
+
+    // --- pending_fanout -----------------------------------------------------------------
+    insert_pending(true): (i32, i64, String, i64, Millis, Allocation) => NoRows =
+        "INSERT INTO pending_fanout (shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation) VALUES (?, ?, ?, ?, ?, ?)";
+    list_pending(true): (i32, i32) => PendingCql =
+        "SELECT shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM pending_fanout WHERE shard = ? LIMIT ?";
+    get_pending(true): (i32, i64) => PendingCql =
+        "SELECT shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM pending_fanout WHERE shard = ? AND message_id = ?";
+    delete_pending(true): (i32, i64) => NoRows =
+        "DELETE FROM pending_fanout WHERE shard = ? AND message_id = ?";
+}
