@@ -88,14 +88,21 @@ export function sendText(sender, bearer, conversationId, seq) {
   }, bearer);
 }
 
-// Follows one device's cursor and checks what it delivers: no message twice, and each
-// conversation's conv_seq contiguous from the first one seen (holes are entries too).
+// Seconds a missing conv_seq may stay missing before it counts as lost: the feed is ordered by
+// inbox_seq, so concurrent sends to one conversation may arrive out of conv_seq order, and a
+// late write may be held back by the gap rule (gap_grace, 3 s) before it arrives or becomes a hole.
+const GAP_PATIENCE_MS = 10000;
+
+// Follows one device's cursor and checks what it delivers as a client applying messages by
+// conv_seq would: never the same conv_seq twice in a conversation, and no conv_seq missing for
+// longer than GAP_PATIENCE_MS once a later one arrived (holes are entries too).
 export class SyncReader {
   constructor(user, device = 'reader') {
     this.user = user;
     this.bearer = token(user, device);
     this.cursor = '';
-    this.lastSeq = {}; // conversation_id -> last conv_seq delivered
+    // conversation_id -> { upTo: every conv_seq <= upTo seen, ahead: Map(seq -> first seen ms) }
+    this.conversations = {};
   }
 
   // One catch-up: pages until nothing more (or `maxPages`); returns the messages delivered.
@@ -113,28 +120,46 @@ export class SyncReader {
       this.cursor = r.nextCursor;
       if (!r.hasMore || r.pending) break;
     }
+    this.checkGaps();
     deliveredMessages.add(delivered);
     return delivered;
   }
 
   check(m) {
     const seq = Number(m.convSeq);
-    const last = this.lastSeq[m.conversationId];
-    if (last !== undefined) {
-      if (seq <= last) {
-        deliveryDuplicates.add(1, { conversation: m.conversationId });
-        console.error(`${this.user}: ${m.conversationId} #${seq} again (last ${last})`);
-        return;
-      }
-      if (seq !== last + 1) {
-        deliveryGaps.add(1);
-        console.error(`${this.user}: ${m.conversationId} jumped from #${last} to #${seq}`);
-      }
-    } else if (seq !== 1 && __ENV.READERS_JOIN_FIRST !== 'false') {
-      // Readers are members from the start: their first message of a conversation is #1.
-      deliveryGaps.add(1);
-      console.error(`${this.user}: ${m.conversationId} started at #${seq}`);
+    let c = this.conversations[m.conversationId];
+    if (!c) {
+      // Readers are members from the start: their first conv_seq of a conversation is #1.
+      c = { upTo: 0, ahead: new Map() };
+      this.conversations[m.conversationId] = c;
     }
-    this.lastSeq[m.conversationId] = seq;
+    if (seq <= c.upTo || c.ahead.has(seq)) {
+      deliveryDuplicates.add(1);
+      console.error(`${this.user}: ${m.conversationId} #${seq} delivered again`);
+      return;
+    }
+    c.ahead.set(seq, Date.now());
+    while (c.ahead.has(c.upTo + 1)) {
+      c.ahead.delete(c.upTo + 1);
+      c.upTo += 1;
+    }
+  }
+
+  // Counts conv_seqs missing for too long (each once) and steps over them.
+  checkGaps() {
+    const now = Date.now();
+    for (const [id, c] of Object.entries(this.conversations)) {
+      while (c.ahead.size > 0) {
+        const oldest = Math.min(...c.ahead.values());
+        if (now - oldest < GAP_PATIENCE_MS) break;
+        deliveryGaps.add(1);
+        console.error(`${this.user}: ${id} #${c.upTo + 1} missing for ${GAP_PATIENCE_MS} ms`);
+        c.upTo += 1;
+        while (c.ahead.has(c.upTo + 1)) {
+          c.ahead.delete(c.upTo + 1);
+          c.upTo += 1;
+        }
+      }
+    }
   }
 }
