@@ -3,8 +3,11 @@
 //! full partition key is bound by equality, clustering restrictions follow key order, no
 //! `ALLOW FILTERING`, and every bind marker and result column gets its type from the schema.
 //!
-//! No maintained CQL parser crate exists for Rust (checked 2026-12), so this small one has its
-//! own tests below; it rejects what it does not understand rather than guessing.
+//! Crates looked at first (2026-12): `cqlparser` 0.1 (2021, "very early stage", no DELETE or
+//! BATCH), `cql3-parser` 0.4 (wraps a tree-sitter C grammar and pulls tree-sitter, bigdecimal and
+//! num-bigint into the build), `cqlite-core` (an SSTable reader). None is a lean, maintained fit,
+//! so this small parser covers exactly the subset we write, with its own tests below; it rejects
+//! what it does not understand rather than guessing.
 
 use std::collections::BTreeMap;
 use std::fmt;
