@@ -83,18 +83,17 @@ fn every_statement_fits_the_schema() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
-#[test]
-fn rust_bind_and_row_types_match_the_schema_types() {
-    let schema = schema();
-    let problems = statements::type_check(|name| {
+/// The driver's type checks of every statement's Rust types against `schema`'s column types.
+fn type_problems(schema: &Schema) -> Vec<String> {
+    statements::type_check(|name| {
         let (_, text) = statements::STATEMENTS
             .iter()
             .find(|(n, _)| *n == name)
             .expect("listed");
         let st = Statement::parse(text).expect("parses");
-        let typed = cql::check(&schema, &st).expect("checked above");
+        let typed = cql::check(schema, &st).expect("fits the schema");
         let results = if st.is_conditional() {
-            // An LWT answers `[applied]` first.
+            // A lightweight transaction answers `[applied]` first.
             vec![(
                 "[applied]".to_owned(),
                 CqlType::Native("boolean".to_owned()),
@@ -103,7 +102,12 @@ fn rust_bind_and_row_types_match_the_schema_types() {
             typed.results
         };
         (specs(&st.table, &typed.binds), specs(&st.table, &results))
-    });
+    })
+}
+
+#[test]
+fn rust_bind_and_row_types_match_the_schema_types() {
+    let problems = type_problems(&schema());
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
@@ -115,21 +119,7 @@ fn the_type_check_catches_a_mismatch() {
         "  joined_seq int,      -- first",
     );
     assert_ne!(wrong, SCHEMA_CQL, "the replaced line is in schema.cql");
-    let schema = Schema::parse(&wrong).unwrap();
-    let problems = statements::type_check(|name| {
-        let (_, text) = statements::STATEMENTS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap();
-        let st = Statement::parse(text).unwrap();
-        let typed = cql::check(&schema, &st).unwrap();
-        let results = if st.is_conditional() {
-            Vec::new()
-        } else {
-            typed.results
-        };
-        (specs(&st.table, &typed.binds), specs(&st.table, &results))
-    });
+    let problems = type_problems(&Schema::parse(&wrong).unwrap());
     for expected in [
         "insert_member: binds",
         "get_member: rows",
