@@ -367,12 +367,7 @@ impl Config {
     }
 
     fn scylla_nodes(&self) -> Vec<String> {
-        self.scylla_nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .collect()
+        comma_list(&self.scylla_nodes)
     }
 
     /// How to reach ScyllaDB (`store = "scylla"`); its TTLs are the retention settings.
@@ -398,13 +393,7 @@ impl Config {
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {
             url: self.redis_url.clone(),
-            cluster_nodes: self
-                .redis_cluster_nodes
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            cluster_nodes: comma_list(&self.redis_cluster_nodes),
             key_prefix: self.redis_key_prefix.clone(),
             response_timeout: self.redis_timeout.0,
             connect_timeout: self.redis_connect_timeout.0,
@@ -472,6 +461,15 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
+}
+
+/// The non-empty, trimmed items of a comma-separated list (node addresses).
+pub fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// figment names unknown fields as `unknown field `x``; add where it came from.

@@ -76,7 +76,7 @@ impl ScyllaOptions {
         let nodes = std::env::var("SCYLLA_NODES").ok()?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Some(Self {
-            nodes: nodes.split(',').map(|n| n.trim().to_owned()).collect(),
+            nodes: crate::config::comma_list(&nodes),
             keyspace: format!(
                 "timeline_{purpose}_{}_{}",
                 std::process::id(),
