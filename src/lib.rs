@@ -20,6 +20,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod model;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -1,7 +1,7 @@
 //! Store rows to API messages.
 
+use crate::model::*;
 use crate::proto;
-use crate::store::*;
 
 pub fn message(m: MessageRow) -> proto::Message {
     proto::Message {

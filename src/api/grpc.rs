@@ -12,8 +12,8 @@ use super::auth::Authenticator;
 use super::convert;
 use super::status::code_name;
 use crate::metrics::record_request;
+use crate::model::{ConversationKind, DeliveryMode};
 use crate::proto::{self, timeline_service_server::TimelineService};
-use crate::store::{ConversationKind, DeliveryMode};
 use crate::timeline::{Caller, CreateConversation, SendMessage, Timeline};
 
 #[derive(Clone)]

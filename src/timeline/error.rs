@@ -30,3 +30,7 @@ pub type TimelineResult<T> = Result<T, TimelineError>;
 pub(crate) fn invalid(msg: impl Into<String>) -> TimelineError {
     TimelineError::InvalidArgument(msg.into())
 }
+
+pub(crate) fn not_a_member(conversation_id: &str) -> TimelineError {
+    TimelineError::PermissionDenied(format!("you are not a member of {conversation_id}"))
+}

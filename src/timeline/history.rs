@@ -1,13 +1,12 @@
 //! GetHistory (DESIGN §6): one conversation backwards by conv_seq, members only, nothing
 //! before the caller's joined_seq. Walks `(conversation_id, bucket)` partitions downwards.
 
-use super::Broken;
 use super::error::TimelineResult;
 use super::ids::validate_conversation_id;
-use super::sync::Filled;
-use super::{Caller, Timeline, page_size};
+use super::reads::page_size;
+use super::{Caller, Timeline};
 use crate::cache::SeqKey;
-use crate::store::{DeliveryMode, MessageRow, ReadOrder, SeqRange};
+use crate::store::{MessageRow, ReadOrder, SeqRange};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryPage {
@@ -18,66 +17,6 @@ pub struct HistoryPage {
 }
 
 impl Timeline {
-    /// Fills the gaps between the rows of a history page (newest first) whose successor is
-    /// older than gap_grace: conv_seqs abandoned by a writer that died. The sweeper does this
-    /// for recent allocations; reading history repairs what it missed (its state lives in the
-    /// Cache, which may have been lost). Each new hole is delivered the way its mode says.
-    async fn repair_gaps(
-        &self,
-        conversation_id: &str,
-        messages: &mut Vec<MessageRow>,
-        bottom: Option<u64>,
-    ) -> TimelineResult<()> {
-        let grace_ms = self.limits.gap_grace.as_millis() as i64;
-        let now = self.clock.now_ms();
-        let mut gaps = Vec::new();
-        for pair in messages.windows(2) {
-            let (newer, older) = (&pair[0], &pair[1]);
-            if newer.conv_seq > older.conv_seq + 1 && now - newer.created_at_ms >= grace_ms {
-                gaps.extend(older.conv_seq + 1..newer.conv_seq);
-            }
-        }
-        // Below the oldest row, down to the first seq the page covers.
-        if let (Some(lowest), Some(oldest)) = (bottom, messages.last())
-            && oldest.conv_seq > lowest
-            && now - oldest.created_at_ms >= grace_ms
-        {
-            gaps.extend(lowest..oldest.conv_seq);
-        }
-        if gaps.is_empty() || self.broken(Broken::GapsSkippedNotFilled) {
-            return Ok(());
-        }
-        let Some(conversation) = self.store.get_conversation(conversation_id).await? else {
-            return Ok(());
-        };
-        // A hole must be delivered where it is written (fan-out allocates inbox seqs): while
-        // the Cache fails, the page goes out with its gaps and a later read repairs them.
-        if let Err(e) = self.cache.epoch().await {
-            self.cache_fallback("history_repair", &e);
-            return Ok(());
-        }
-        for seq in gaps {
-            match self.fill_hole(conversation_id, seq, "history").await? {
-                Filled::Hole(hole) => {
-                    match conversation.mode_at(seq) {
-                        DeliveryMode::Fanout => {
-                            self.fan_out(&hole, &[]).await?;
-                        }
-                        DeliveryMode::Hot => self.append_hot_repair(&hole).await?,
-                    }
-                    messages.push(hole);
-                }
-                Filled::Present(rows) => messages.extend(rows),
-            }
-        }
-        messages.sort_by(|a, b| {
-            b.conv_seq
-                .cmp(&a.conv_seq)
-                .then(a.message_id.cmp(&b.message_id))
-        });
-        Ok(())
-    }
-
     pub async fn history(
         &self,
         caller: &Caller,

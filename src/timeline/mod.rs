@@ -4,22 +4,30 @@
 //! range reads, atomic sequence allocation, and a cache whose state can vanish. The embedded
 //! backends run exactly this code.
 
+// The operations, each calling only down into the shared parts below.
+mod conversation_list;
 mod conversations;
-mod cursor;
-mod error;
 mod history;
-pub mod ids;
 mod mode;
+mod send;
+mod sync;
+// Shared by the operations: delivery, repair, reads, and the leaves under them.
+mod cursor;
+mod delivery;
+mod error;
+pub mod ids;
+mod reads;
+mod repair;
+mod sequencer;
+
 #[cfg(test)]
 mod property_tests;
-mod send;
-mod sequencer;
-mod sync;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use conversations::{ConversationView, CreateConversation, ListPage, Summary};
+pub use conversation_list::{ConversationView, ListPage, Summary};
+pub use conversations::CreateConversation;
 pub use cursor::Cursor;
 pub use error::{TimelineError, TimelineResult};
 pub use history::HistoryPage;
@@ -180,79 +188,6 @@ impl Timeline {
     pub(crate) fn broken(&self, _: Broken) -> bool {
         false
     }
-
-    /// Rows of `messages` with conv_seq in `from..=to`, ascending, at most `limit`, walking the
-    /// `(conversation_id, bucket)` partitions in order.
-    pub(crate) async fn read_messages_ascending(
-        &self,
-        conversation_id: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> TimelineResult<Vec<crate::store::MessageRow>> {
-        use crate::store::{ReadOrder, SeqRange};
-        let size = self.limits.bucket_size;
-        let mut out = Vec::new();
-        let mut bucket = self.bucket(from);
-        while from <= to && out.len() < limit && bucket <= self.bucket(to) {
-            let range = SeqRange {
-                from: (bucket * size).max(from),
-                to: (bucket * size + size - 1).min(to),
-            };
-            let rows = self
-                .store
-                .read_messages(
-                    conversation_id,
-                    bucket,
-                    range,
-                    ReadOrder::Ascending,
-                    limit - out.len(),
-                )
-                .await?;
-            out.extend(rows);
-            bucket += 1;
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn bucket(&self, seq: u64) -> u64 {
-        seq / self.limits.bucket_size
-    }
-}
-
-/// Reads a partition page by page (each page strictly after the last key of the previous one),
-/// keeping the rows `keep` accepts, until the partition ends or `cap` rows are kept.
-pub(crate) async fn read_pages<T, F, Fut>(
-    page_size: usize,
-    cap: usize,
-    mut fetch: F,
-    key: impl Fn(&T) -> String,
-    keep: impl Fn(&T) -> bool,
-) -> TimelineResult<Vec<T>>
-where
-    F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = crate::store::StoreResult<Vec<T>>>,
-{
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = fetch(after).await?;
-        let done = page.len() < page_size;
-        after = page.last().map(&key);
-        out.extend(page.into_iter().filter(|row| keep(row)));
-        if done || out.len() >= cap {
-            return Ok(out);
-        }
-    }
-}
-
-/// Clamps a requested page size: 0 means the default.
-pub(crate) fn page_size(requested: u32, default: u32, max: u32) -> usize {
-    (if requested == 0 {
-        default
-    } else {
-        requested.min(max)
-    }) as usize
 }
 
 impl Timeline {

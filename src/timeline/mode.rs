@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::Timeline;
 use super::error::{TimelineError, TimelineResult};
-use super::{Timeline, read_pages};
+use super::reads::read_pages;
 use crate::cache::SeqKey;
 use crate::metrics;
 use crate::store::*;

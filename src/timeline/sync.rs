@@ -18,9 +18,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::cursor::Cursor;
+use super::delivery::decode_message;
 use super::error::TimelineResult;
-use super::send::decode_message;
-use super::{Broken, Caller, Timeline, page_size};
+use super::reads::page_size;
+use super::repair::Filled;
+use super::{Broken, Caller, Timeline};
 use crate::cache::{HotEntry, HotHead, SeqKey};
 use crate::metrics;
 use crate::store::*;
@@ -270,30 +272,6 @@ impl Timeline {
         // Partial rows (an activity raise racing a leave) are not memberships.
         Ok(rows.into_iter().filter(|r| r.joined_seq > 0).collect())
     }
-
-    /// Fills an abandoned conv_seq with a hole marker, unless a row landed there meanwhile.
-    pub(crate) async fn fill_hole(
-        &self,
-        conversation_id: &str,
-        conv_seq: u64,
-        found_by: &'static str,
-    ) -> TimelineResult<Filled> {
-        let hole = hole_message(conversation_id, conv_seq, self.clock.now_ms());
-        let present = self.store.insert_hole_if_slot_empty(&hole).await?;
-        if !present.is_empty() {
-            return Ok(Filled::Present(present));
-        }
-        ::metrics::counter!(metrics::HOLES_FILLED, "found_by" => found_by).increment(1);
-        Ok(Filled::Hole(hole))
-    }
-}
-
-/// What occupies an abandoned slot after [`Timeline::fill_hole`].
-pub(crate) enum Filled {
-    /// This call wrote the hole: deliver it.
-    Hole(MessageRow),
-    /// Rows already there (a late write, or a hole delivered before).
-    Present(Vec<MessageRow>),
 }
 
 /// Whether a hot conversation may have something after `position` (unknown: yes).
@@ -493,7 +471,7 @@ impl HotSource {
                 let rows = match by_seq.remove(&expected) {
                     Some(rows) => rows,
                     None => {
-                        let stored = read_seq(t, &id, expected).await?;
+                        let stored = t.read_seq(&id, expected).await?;
                         if !stored.is_empty() {
                             stored
                         } else {
@@ -573,20 +551,4 @@ impl HotSource {
         out.extend(rest);
         Ok(out)
     }
-}
-
-async fn read_seq(
-    t: &Timeline,
-    conversation_id: &str,
-    seq: u64,
-) -> TimelineResult<Vec<MessageRow>> {
-    Ok(t.store
-        .read_messages(
-            conversation_id,
-            t.bucket(seq),
-            SeqRange { from: seq, to: seq },
-            ReadOrder::Ascending,
-            16,
-        )
-        .await?)
 }
