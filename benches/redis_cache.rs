@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{caller, group, send};
-use timeline::cache::redis::process::RedisProcess;
 use timeline::cache::redis::{RedisCache, RedisOptions, scripts};
 use timeline::store::DeliveryMode;
 use timeline::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
+use timeline::testkit::redis_server::RedisProcess;
 use timeline::timeline::{Limits, SystemClock, Timeline};
 
 const HOT_MEMBERS: usize = 1000;

@@ -19,11 +19,13 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+mod method_list;
 pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod server;
 pub mod store;
-#[cfg(test)]
-pub mod testing;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod timeline;
+pub mod units;

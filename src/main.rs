@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use timeline::api::Authenticator;
+use timeline::api::{Authenticator, resolve_jwt_secret};
 use timeline::config::{Config, HumanDuration, Overrides, StoreKind};
 use timeline::server::Node;
 
@@ -119,7 +119,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             admin,
         } => {
             let config = load(cli.config.as_ref(), common)?;
-            let (secret, generated) = config.resolve_jwt_secret().map_err(|e| e.to_string())?;
+            let (secret, generated) =
+                resolve_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)
+                    .map_err(|e| e.to_string())?;
             if generated {
                 eprintln!(
                     "generated a new jwt secret in {}",
@@ -151,7 +153,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     println!("embedded store ready in {}", config.data_dir.display());
                 }
                 StoreKind::Scylla => {
-                    let options = config.scylla_options().map_err(|e| e.to_string())?;
+                    let options = config.scylla_options();
                     let applied = timeline::store::scylla::ScyllaStore::migrate(&options)
                         .await
                         .map_err(|e| e.to_string())?;

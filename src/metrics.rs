@@ -261,7 +261,7 @@ pub async fn observe_backend_op<T, E>(
 /// Implements `$trait` for a decorator whose `inner` field holds the decorated backend: every
 /// listed method is forwarded, timed under its own name with [`observe_backend_op`].
 macro_rules! timed_decorator {
-    ($trait:path, $ty:ty, $kind:literal; $( fn $name:ident(&self $(, $arg:ident: $argty:ty)* ) -> $ret:ty; )*) => {
+    ($trait:path, $ty:ty, $kind:literal; $( $(#[$attr:meta])* fn $name:ident(&self $(, $arg:ident: $argty:ty)* ) -> $ret:ty $(= $dropped:expr)?; )*) => {
         impl $ty {
             /// The operations this decorator times, by name.
             pub const OPERATIONS: &'static [&'static str] = &[$(stringify!($name)),*];

@@ -25,6 +25,8 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Secret(#[from] api::SecretError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -36,26 +38,25 @@ pub struct Node {
     pub timeline: Arc<Timeline>,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
-    embedded: Option<Arc<EmbeddedStore>>,
 }
 
 impl Node {
     pub async fn build(config: &Config) -> Result<Self, ServerError> {
         config.validate()?;
         let metrics = metrics::init();
-        let (secret, generated) = config.resolve_jwt_secret()?;
+        let (secret, generated) =
+            api::resolve_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         if generated {
             tracing::warn!(
-                path = %config.data_dir.join(crate::config::SECRET_FILE).display(),
+                path = %config.data_dir.join(api::SECRET_FILE).display(),
                 "no jwt_secret configured: generated a random one into the data directory"
             );
         }
-        let (store, embedded): (Arc<dyn Store>, _) = match config.store {
+        let store: Arc<dyn Store> = match config.store {
             StoreKind::Embedded => {
-                let s = EmbeddedStore::open(&config.data_dir, config.embedded_options())?;
-                (s.clone(), Some(s))
+                EmbeddedStore::open(&config.data_dir, config.embedded_options())?
             }
-            StoreKind::Scylla => (ScyllaStore::connect(&config.scylla_options()?).await?, None),
+            StoreKind::Scylla => ScyllaStore::connect(&config.scylla_options()).await?,
         };
         let cache: Arc<dyn Cache> = match config.cache {
             CacheKind::Local => Arc::new(LocalCache::new()),
@@ -71,7 +72,6 @@ impl Node {
             timeline,
             auth: Arc::new(Authenticator::new(&secret)),
             metrics,
-            embedded,
         })
     }
 
@@ -82,7 +82,9 @@ impl Node {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let recovery = self.timeline.spawn_recovery(config.recovery_interval.0);
+        let recovery = self
+            .timeline
+            .spawn_recovery(config.limits.recovery_interval);
         let upkeep = metrics::spawn_upkeep(self.metrics.clone());
         let served = api::serve(
             listener,
@@ -94,9 +96,7 @@ impl Node {
         .await;
         recovery.abort();
         upkeep.abort();
-        if let Some(store) = &self.embedded {
-            store.flush()?;
-        }
+        self.timeline.flush_store().await?;
         Ok(served?)
     }
 }

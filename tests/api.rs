@@ -738,10 +738,10 @@ async fn non_members_and_unknown_conversations_are_refused() {
 #[tokio::test]
 async fn bad_inputs_are_invalid_argument_and_leave_no_state() {
     let server = TestServer::start_with(|c| {
-        c.sync_max_limit = 5;
-        c.sync_default_limit = 5;
-        c.history_max_limit = 4;
-        c.history_default_limit = 4;
+        c.limits.sync_max_limit = 5;
+        c.limits.sync_default_limit = 5;
+        c.limits.history_max_limit = 4;
+        c.limits.history_default_limit = 4;
     })
     .await;
     let mut alice = server.client("alice", "a").await;
@@ -904,8 +904,8 @@ async fn bad_inputs_are_invalid_argument_and_leave_no_state() {
 #[tokio::test]
 async fn retention_drops_old_rows_and_flags_cursors_that_point_before_them() {
     let server = TestServer::start_with(|c| {
-        c.bucket_size = 4;
-        c.inbox_max_rows = 6;
+        c.limits.bucket_size = 4;
+        c.limits.inbox_max_rows = 6;
     })
     .await;
     let mut alice = server.client("alice", "a").await;
@@ -959,8 +959,8 @@ async fn retention_drops_old_rows_and_flags_cursors_that_point_before_them() {
 #[tokio::test]
 async fn rows_past_the_retention_time_are_invisible_and_old_cursors_expire() {
     let server = TestServer::start_with(|c| {
-        c.inbox_retention = ::timeline::config::HumanDuration(Duration::from_millis(1500));
-        c.gap_grace = ::timeline::config::HumanDuration(Duration::from_millis(100));
+        c.limits.inbox_retention = Duration::from_millis(1500);
+        c.limits.gap_grace = Duration::from_millis(100);
     })
     .await;
     let mut alice = server.client("alice", "a").await;

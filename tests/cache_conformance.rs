@@ -21,8 +21,8 @@ mod local {
 
 mod redis {
     use super::*;
-    use timeline::cache::redis::process::RedisProcess;
     use timeline::cache::redis::{RedisCache, RedisOptions};
+    use timeline::testkit::redis_server::RedisProcess;
 
     async fn redis() -> Option<(Arc<dyn Cache>, Box<dyn Any>)> {
         let server = RedisProcess::start().expect("redis-server");

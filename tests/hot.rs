@@ -163,8 +163,8 @@ async fn forced_switches_keep_every_reader_exactly_once_in_order() {
 #[tokio::test]
 async fn conversations_switch_by_size_with_hysteresis() {
     let server = TestServer::start_with(|c| {
-        c.hot_threshold = 6;
-        c.mode_min_dwell = ::timeline::config::HumanDuration(Duration::ZERO);
+        c.limits.hot_threshold = 6;
+        c.limits.mode_min_dwell = Duration::ZERO;
     })
     .await;
     let mut alice = server.client("alice", "a").await;
@@ -239,7 +239,7 @@ async fn conversations_switch_by_size_with_hysteresis() {
 #[tokio::test]
 async fn a_group_created_past_the_threshold_is_hot_at_once_despite_the_dwell() {
     // Default dwell (60 s): it spaces switches, it must not delay the first one.
-    let server = TestServer::start_with(|c| c.hot_threshold = 4).await;
+    let server = TestServer::start_with(|c| c.limits.hot_threshold = 4).await;
     let mut alice = server.client("alice", "a").await;
     alice
         .create_conversation(CreateConversationRequest {
@@ -268,7 +268,7 @@ async fn a_group_created_past_the_threshold_is_hot_at_once_despite_the_dwell() {
 
 #[tokio::test]
 async fn a_reader_behind_the_window_reads_the_rest_from_the_store() {
-    let server = TestServer::start_with(|c| c.hot_window = 4).await;
+    let server = TestServer::start_with(|c| c.limits.hot_window = 4).await;
     let mut alice = server.client("alice", "a").await;
     alice
         .create_conversation(CreateConversationRequest {

@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::timeline::cache::redis::process::RedisProcess;
-use ::timeline::config::HumanDuration;
 use ::timeline::proto::*;
+use ::timeline::testkit::redis_server::RedisProcess;
 use support::{Client, TestServer, http_get, operator, send, set_mode, sync_all};
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -29,9 +28,9 @@ const WRITERS: [(&str, &str); 3] = [
 
 async fn start() -> TestServer {
     TestServer::start_with_redis(|c| {
-        c.redis_timeout = HumanDuration(REDIS_TIMEOUT);
-        c.redis_connect_timeout = HumanDuration(REDIS_TIMEOUT);
-        c.gap_grace = HumanDuration(Duration::from_secs(1));
+        c.redis.response_timeout = REDIS_TIMEOUT;
+        c.redis.connect_timeout = REDIS_TIMEOUT;
+        c.limits.gap_grace = Duration::from_secs(1);
     })
     .await
 }

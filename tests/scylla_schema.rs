@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use scylla::frame::response::result::{
     CollectionType, ColumnSpec, ColumnType, NativeType, TableSpec,
 };
-use timeline::store::scylla::cql::{self, CqlType, Schema, Statement};
 use timeline::store::scylla::{SCHEMA_CQL, statements};
+use timeline::testkit::cql::{self, CqlType, Schema, Statement};
 
 fn schema() -> Schema {
     Schema::parse(SCHEMA_CQL).unwrap_or_else(|e| panic!("schema.cql: {e}"))

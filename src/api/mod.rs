@@ -4,6 +4,7 @@ pub mod auth;
 mod convert;
 mod grpc;
 mod http;
+mod secret;
 pub mod status;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 
 pub use auth::Authenticator;
 pub use grpc::TimelineApi;
+pub use secret::{SECRET_FILE, SecretError, resolve_jwt_secret};
 
 use crate::proto::timeline_service_server::TimelineServiceServer;
 use crate::timeline::Timeline;

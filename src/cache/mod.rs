@@ -10,9 +10,10 @@ pub mod redis;
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+
+use crate::method_list::backend_trait;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -76,84 +77,67 @@ pub struct HotWindow {
     pub entries: Vec<HotEntry>,
 }
 
-#[async_trait]
-pub trait Cache: Send + Sync + 'static {
-    fn backend(&self) -> &'static str;
+/// The `Cache` methods, written once: the trait below is declared from this list, and so is
+/// every decorator (see [`crate::method_list`]). `= value` is what a caller sees when the
+/// write is lost (Redis may lose writes: the Store is the truth). `$callback` gets the list
+/// after `$prefix`.
+macro_rules! with_cache_methods {
+    ($callback:ident { $($prefix:tt)* }) => {
+        $callback! { $($prefix)*
+        /// Allocates every request in one round trip. For each request, the first value of its
+        /// range, or `None` when the key has no state (never seeded, or lost): nothing was
+        /// allocated for it, and the caller seeds it from the Store before asking again.
+        /// Allocating a conv_seq also records the conversation as active at `now_ms` (same round
+        /// trip), for the sweeper that fills abandoned seqs.
+        fn allocate(&self, requests: &[SeqRequest], now_ms: i64) -> CacheResult<Vec<Option<u64>>> = vec![None; requests.len()];
+        /// Sets the key's last handed-out value unless it already has one (`SET NX`).
+        fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> = ();
+        /// The key's last handed-out value, if it has state.
+        fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>> = None;
+        /// `SET key value NX PX ttl`: `None` when this call took the claim, else the value of the
+        /// claim already held.
+        fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>> = None;
+        /// Releases a claim this caller holds (`value` must match; another holder's is kept).
+        fn release_claim(&self, key: &str, value: u64) -> CacheResult<()> = ();
+        /// Changes whenever the sequencer state was lost and rebuilt.
+        fn epoch(&self) -> CacheResult<u64> = 0;
 
-    /// Allocates every request in one round trip. For each request, the first value of its
-    /// range, or `None` when the key has no state (never seeded, or lost): nothing was
-    /// allocated for it, and the caller seeds it from the Store before asking again.
-    /// Allocating a conv_seq also records the conversation as active at `now_ms` (same round
-    /// trip), for the sweeper that fills abandoned seqs.
-    async fn allocate(&self, requests: &[SeqRequest], now_ms: i64)
-    -> CacheResult<Vec<Option<u64>>>;
-    /// Sets the key's last handed-out value unless it already has one (`SET NX`).
-    async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()>;
-    /// The key's last handed-out value, if it has state.
-    async fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>>;
-    /// `SET key value NX PX ttl`: `None` when this call took the claim, else the value of the
-    /// claim already held.
-    async fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>>;
-    /// Releases a claim this caller holds (`value` must match; another holder's is kept).
-    async fn release_claim(&self, key: &str, value: u64) -> CacheResult<()>;
-    /// Changes whenever the sequencer state was lost and rebuilt.
-    async fn epoch(&self) -> CacheResult<u64>;
+        /// Atomically adds a message to a hot conversation's window (score = conv_seq), trims the
+        /// window to its newest `window` entries, and raises the head (last seq, last activity).
+        fn hot_append(&self, conversation_id: &str, entry: HotEntry, message_id: u64, window: usize, now_ms: i64) -> CacheResult<()> = ();
+        /// The heads of many hot conversations in one round trip (`None`: no window state).
+        fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>> = vec![None; conversation_ids.len()];
+        /// Up to `limit` entries with conv_seq > `after_seq`, ascending (`None`: no window state).
+        fn hot_read(&self, conversation_id: &str, after_seq: u64, limit: usize) -> CacheResult<Option<HotWindow>> = None;
 
-    /// Atomically adds a message to a hot conversation's window (score = conv_seq), trims the
-    /// window to its newest `window` entries, and raises the head (last seq, last activity).
-    async fn hot_append(
-        &self,
-        conversation_id: &str,
-        entry: HotEntry,
-        message_id: u64,
-        window: usize,
-        now_ms: i64,
-    ) -> CacheResult<()>;
-    /// The heads of many hot conversations in one round trip (`None`: no window state).
-    async fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>>;
-    /// Up to `limit` entries with conv_seq > `after_seq`, ascending (`None`: no window state).
-    async fn hot_read(
-        &self,
-        conversation_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> CacheResult<Option<HotWindow>>;
+        /// Conversations whose last conv_seq allocation happened at or before `before_ms`, with
+        /// that time, oldest first.
+        fn active_conversations(&self, before_ms: i64, limit: usize) -> CacheResult<Vec<(String, i64)>> = Vec::new();
+        /// Up to which conv_seq the sweeper has verified the conversation.
+        fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>> = None;
+        /// Records the verified position, and drops the conversation from the active set unless
+        /// it allocated again after `allocated_at_ms`.
+        fn mark_verified(&self, conversation_id: &str, seq: u64, allocated_at_ms: i64) -> CacheResult<()> = ();
 
-    /// Conversations whose last conv_seq allocation happened at or before `before_ms`, with
-    /// that time, oldest first.
-    async fn active_conversations(
-        &self,
-        before_ms: i64,
-        limit: usize,
-    ) -> CacheResult<Vec<(String, i64)>>;
-    /// Up to which conv_seq the sweeper has verified the conversation.
-    async fn verified_seq(&self, conversation_id: &str) -> CacheResult<Option<u64>>;
-    /// Records the verified position, and drops the conversation from the active set unless
-    /// it allocated again after `allocated_at_ms`.
-    async fn mark_verified(
-        &self,
-        conversation_id: &str,
-        seq: u64,
-        allocated_at_ms: i64,
-    ) -> CacheResult<()>;
+        /// Records that `device_id` of `user_id` is connected to `node`, for `ttl` from now
+        /// (connections refresh it before it lapses).
+        fn set_presence(&self, user_id: &str, device_id: &str, node: &str, ttl: Duration) -> CacheResult<()> = ();
+        /// Forgets a device's connection (it closed).
+        fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> = ();
+        /// The connected devices of each user, in one round trip, sorted by device.
+        fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> = vec![Vec::new(); user_ids.len()];
 
-    /// Records that `device_id` of `user_id` is connected to `node`, for `ttl` from now
-    /// (connections refresh it before it lapses).
-    async fn set_presence(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        node: &str,
-        ttl: Duration,
-    ) -> CacheResult<()>;
-    /// Forgets a device's connection (it closed).
-    async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()>;
-    /// The connected devices of each user, in one round trip, sorted by device.
-    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>>;
-
-    /// Sends `payload` to the current subscribers of `channel`; returns how many received it
-    /// (nodes, not devices).
-    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64>;
-    /// Receives what is published on `channel` after this returns, until dropped.
-    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription>;
+        /// Sends `payload` to the current subscribers of `channel`; returns how many received it
+        /// (nodes, not devices).
+        fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> = 0;
+        /// Receives what is published on `channel` after this returns, until dropped.
+        fn subscribe(&self, channel: &str) -> CacheResult<Subscription> = Box::pin(futures::stream::empty());
+        }
+    };
 }
+pub(crate) use with_cache_methods;
+
+with_cache_methods!(backend_trait {
+    /// Fast shared state behind one trait; see the module docs.
+    pub trait Cache;
+});

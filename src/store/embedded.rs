@@ -199,11 +199,6 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Io(format!("blocking read task failed: {e}")))?
     }
-
-    /// Forces everything written so far to disk (used on shutdown).
-    pub fn flush(&self) -> StoreResult<()> {
-        self.db.persist(PersistMode::SyncAll).map_err(fj)
-    }
 }
 
 /// Drops rows older than a TTL while compacting, as ScyllaDB's TTL does: retention needs no
@@ -420,6 +415,23 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if self.writes.is_closed() {
+            return Err(StoreError::Unavailable(
+                "embedded writer has stopped".into(),
+            ));
+        }
+        self.read(|t| t.meta.get(b"bucket_size").map(drop).map_err(fj))
+            .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll).map_err(fj))
+            .await
+            .map_err(|e| StoreError::Io(format!("blocking flush task failed: {e}")))?
     }
 
     async fn insert_conversation_if_absent(

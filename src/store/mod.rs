@@ -13,7 +13,7 @@ pub mod scylla;
 
 pub use rows::*;
 
-use async_trait::async_trait;
+use crate::method_list::backend_trait;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,167 +38,90 @@ pub fn pending_shard(message_id: u64) -> u32 {
     (message_id % u64::from(PENDING_SHARDS)) as u32
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// A short name for metrics and logs.
-    fn backend(&self) -> &'static str;
-
-    // --- conversations ---------------------------------------------------------------------
-
-    /// `INSERT ... IF NOT EXISTS`: returns the existing row when there was one.
-    async fn insert_conversation_if_absent(
-        &self,
-        row: &ConversationRow,
-    ) -> StoreResult<Option<ConversationRow>>;
-    async fn get_conversation(&self, conversation_id: &str)
-    -> StoreResult<Option<ConversationRow>>;
-    async fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
-    /// Replaces the mode history (`UPDATE conversations SET mode_spans = ?, ...`).
-    async fn update_conversation_mode(
-        &self,
-        conversation_id: &str,
-        spans: &[ModeSpan],
-        forced: bool,
-        changed_at_ms: i64,
-    ) -> StoreResult<()>;
-
-    // --- members -----------------------------------------------------------------------------
-
-    /// The member row and the member's `user_conversations` row, as one unit (a logged batch
-    /// on ScyllaDB): no member exists without its read state. The user row's `mode` never goes
-    /// down (as in `upsert_user_conversation`).
-    async fn add_member(
-        &self,
-        member: &MemberRow,
-        user_row: &UserConversationRow,
-    ) -> StoreResult<()>;
-    async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
-    async fn get_member(
-        &self,
-        conversation_id: &str,
-        user_id: &str,
-    ) -> StoreResult<Option<MemberRow>>;
-    /// Members ordered by user_id, strictly after `after`.
-    async fn list_members(
-        &self,
-        conversation_id: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<MemberRow>>;
-    async fn count_members(&self, conversation_id: &str) -> StoreResult<u64>;
-
-    // --- user_conversations -----------------------------------------------------------------
-
-    /// Writes the row; its `mode` never goes down (an existing `Hot` stays: on ScyllaDB the
-    /// column is written only when `Hot`).
-    async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()>;
-    /// Raises `mode` of an existing row (no row: nothing happens).
-    async fn raise_user_conversation_mode(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-        mode: DeliveryMode,
-    ) -> StoreResult<()>;
-    async fn delete_user_conversation(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<()>;
-    async fn get_user_conversation(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<Option<UserConversationRow>>;
-    /// The user's rows ordered by conversation_id, strictly after `after`.
-    async fn list_user_conversations(
-        &self,
-        user_id: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<UserConversationRow>>;
-    /// The user's rows whose `mode` is `Hot` (`SELECT ... FROM user_conversations WHERE
-    /// user_id = ?`, filtered on mode): the conversations Sync reads as hot sources.
-    async fn list_hot_conversations(
-        &self,
-        user_id: &str,
-        limit: usize,
-    ) -> StoreResult<Vec<UserConversationRow>>;
-    /// Moves `read_seq` forward to `seq` (never back); returns the row after the update, or
-    /// `None` when the user has no row for the conversation.
-    async fn advance_read_seq(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-        seq: u64,
-    ) -> StoreResult<Option<UserConversationRow>>;
-
-    // --- messages ----------------------------------------------------------------------------
-
-    /// The durable step of a send: the message row, its outbox entry and its idempotency
-    /// record, atomically (a logged batch on ScyllaDB).
-    async fn write_message(&self, write: &MessageWrite) -> StoreResult<()>;
-    /// Rows of one `(conversation_id, bucket)` partition with conv_seq in `range`, in `order`.
-    async fn read_messages(
-        &self,
-        conversation_id: &str,
-        bucket: u64,
-        range: SeqRange,
-        order: ReadOrder,
-        limit: usize,
-    ) -> StoreResult<Vec<MessageRow>>;
-    /// Writes the hole unless a row already occupies its conv_seq; returns the rows found there
-    /// (empty: the hole was written). Not atomic against a writer of that very seq: a late
-    /// writer's row may land beside the hole, and that writer then rewrites under a fresh seq.
-    async fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>>;
-    /// The highest conv_seq written for the conversation (0 if none): read once when the
-    /// sequencer has lost its state.
-    async fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;
-
-    // --- inbox -------------------------------------------------------------------------------
-
-    /// The fan-out step: inbox rows, activity updates and clearing the outbox entry. After a
-    /// crash either all of it is visible, or the outbox entry is still there (with the inbox
-    /// allocation recorded when the backend writes in several steps) so a re-drive completes it.
-    async fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()>;
-    /// Rows of one `(user_id, bucket)` partition strictly after `after`, ascending.
-    async fn read_inbox(
-        &self,
-        user_id: &str,
-        bucket: u64,
-        after: InboxPosition,
-        limit: usize,
-    ) -> StoreResult<Vec<InboxRow>>;
-    /// The highest inbox_seq written for the user (0 if none): read once when the sequencer
-    /// has lost its state.
-    async fn last_inbox_seq(&self, user_id: &str) -> StoreResult<u64>;
-    /// Every inbox_seq below this was dropped by retention.
-    async fn inbox_floor(&self, user_id: &str) -> StoreResult<u64>;
-    /// Drops one `(user_id, bucket)` partition and raises the floor past it.
-    async fn drop_inbox_bucket(
-        &self,
-        user_id: &str,
-        bucket: u64,
-        bucket_size: u64,
-    ) -> StoreResult<()>;
-
-    // --- idempotency ------------------------------------------------------------------------
-
-    /// The record, unless it is older than `ttl_ms` (rows expire by TTL on ScyllaDB).
-    async fn get_idempotency(
-        &self,
-        sender_id: &str,
-        client_msg_id: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> StoreResult<Option<IdempotencyRow>>;
-
-    // --- pending_fanout ---------------------------------------------------------------------
-
-    async fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
-    async fn get_pending(
-        &self,
-        shard: u32,
-        message_id: u64,
-    ) -> StoreResult<Option<PendingFanoutRow>>;
-    async fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()>;
+/// The `Store` methods, written once: the trait below is declared from this list, and so is
+/// every decorator (see [`crate::method_list`]). `$callback` gets the list after `$prefix`.
+macro_rules! with_store_methods {
+    ($callback:ident { $($prefix:tt)* }) => {
+        $callback! { $($prefix)*
+        // --- conversations ---------------------------------------------------------------------
+        /// `INSERT ... IF NOT EXISTS`: returns the existing row when there was one.
+        fn insert_conversation_if_absent(&self, row: &ConversationRow) -> StoreResult<Option<ConversationRow>>;
+        fn get_conversation(&self, conversation_id: &str) -> StoreResult<Option<ConversationRow>>;
+        fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+        /// Replaces the mode history (`UPDATE conversations SET mode_spans = ?, ...`).
+        fn update_conversation_mode(&self, conversation_id: &str, spans: &[ModeSpan], forced: bool, changed_at_ms: i64) -> StoreResult<()>;
+        // --- members -----------------------------------------------------------------------------
+        /// The member row and the member's `user_conversations` row, as one unit (a logged batch
+        /// on ScyllaDB): no member exists without its read state. The user row's `mode` never goes
+        /// down (as in `upsert_user_conversation`).
+        fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()>;
+        fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
+        fn get_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<Option<MemberRow>>;
+        /// Members ordered by user_id, strictly after `after`.
+        fn list_members(&self, conversation_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<MemberRow>>;
+        fn count_members(&self, conversation_id: &str) -> StoreResult<u64>;
+        // --- user_conversations -----------------------------------------------------------------
+        /// Writes the row; its `mode` never goes down (an existing `Hot` stays: on ScyllaDB the
+        /// column is written only when `Hot`).
+        fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()>;
+        /// Raises `mode` of an existing row (no row: nothing happens).
+        fn raise_user_conversation_mode(&self, user_id: &str, conversation_id: &str, mode: DeliveryMode) -> StoreResult<()>;
+        fn delete_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<()>;
+        fn get_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<Option<UserConversationRow>>;
+        /// The user's rows ordered by conversation_id, strictly after `after`.
+        fn list_user_conversations(&self, user_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<UserConversationRow>>;
+        /// The user's rows whose `mode` is `Hot` (`SELECT ... FROM user_conversations WHERE
+        /// user_id = ?`, filtered on mode): the conversations Sync reads as hot sources.
+        fn list_hot_conversations(&self, user_id: &str, limit: usize) -> StoreResult<Vec<UserConversationRow>>;
+        /// Moves `read_seq` forward to `seq` (never back); returns the row after the update, or
+        /// `None` when the user has no row for the conversation.
+        fn advance_read_seq(&self, user_id: &str, conversation_id: &str, seq: u64) -> StoreResult<Option<UserConversationRow>>;
+        // --- messages ----------------------------------------------------------------------------
+        /// The durable step of a send: the message row, its outbox entry and its idempotency
+        /// record, atomically (a logged batch on ScyllaDB).
+        fn write_message(&self, write: &MessageWrite) -> StoreResult<()>;
+        /// Rows of one `(conversation_id, bucket)` partition with conv_seq in `range`, in `order`.
+        fn read_messages(&self, conversation_id: &str, bucket: u64, range: SeqRange, order: ReadOrder, limit: usize) -> StoreResult<Vec<MessageRow>>;
+        /// Writes the hole unless a row already occupies its conv_seq; returns the rows found there
+        /// (empty: the hole was written). Not atomic against a writer of that very seq: a late
+        /// writer's row may land beside the hole, and that writer then rewrites under a fresh seq.
+        fn insert_hole_if_slot_empty(&self, hole: &MessageRow) -> StoreResult<Vec<MessageRow>>;
+        /// The highest conv_seq written for the conversation (0 if none): read once when the
+        /// sequencer has lost its state.
+        fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;
+        // --- inbox -------------------------------------------------------------------------------
+        /// The fan-out step: inbox rows, activity updates and clearing the outbox entry. After a
+        /// crash either all of it is visible, or the outbox entry is still there (with the inbox
+        /// allocation recorded when the backend writes in several steps) so a re-drive completes it.
+        fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()>;
+        /// Rows of one `(user_id, bucket)` partition strictly after `after`, ascending.
+        fn read_inbox(&self, user_id: &str, bucket: u64, after: InboxPosition, limit: usize) -> StoreResult<Vec<InboxRow>>;
+        /// The highest inbox_seq written for the user (0 if none): read once when the sequencer
+        /// has lost its state.
+        fn last_inbox_seq(&self, user_id: &str) -> StoreResult<u64>;
+        /// Every inbox_seq below this was dropped by retention.
+        fn inbox_floor(&self, user_id: &str) -> StoreResult<u64>;
+        /// Drops one `(user_id, bucket)` partition and raises the floor past it.
+        fn drop_inbox_bucket(&self, user_id: &str, bucket: u64, bucket_size: u64) -> StoreResult<()>;
+        // --- idempotency ------------------------------------------------------------------------
+        /// The record, unless it is older than `ttl_ms` (rows expire by TTL on ScyllaDB).
+        fn get_idempotency(&self, sender_id: &str, client_msg_id: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<Option<IdempotencyRow>>;
+        // --- pending_fanout ---------------------------------------------------------------------
+        fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
+        fn get_pending(&self, shard: u32, message_id: u64) -> StoreResult<Option<PendingFanoutRow>>;
+        fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()>;
+        // --- the node ------------------------------------------------------------------------
+        /// Answers once the store can serve reads and writes (readiness).
+        fn ping(&self) -> StoreResult<()>;
+        /// Makes every acknowledged write durable before the node stops (the embedded store
+        /// syncs its journal; a cluster's writes are durable when acknowledged).
+        fn flush(&self) -> StoreResult<()>;
+        }
+    };
 }
+pub(crate) use with_store_methods;
+
+with_store_methods!(backend_trait {
+    /// The durable tables behind one trait; see the module docs.
+    pub trait Store;
+});

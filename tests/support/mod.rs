@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::timeline::api::Authenticator;
-use ::timeline::cache::redis::process::RedisProcess;
 use ::timeline::config::{CacheKind, Config};
 use ::timeline::proto::timeline_service_client::TimelineServiceClient;
 use ::timeline::proto::*;
 use ::timeline::server::Node;
+use ::timeline::testkit::redis_server::RedisProcess;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
@@ -74,13 +74,13 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             jwt_secret: Some(SECRET.into()),
-            recovery_interval: ::timeline::config::HumanDuration(Duration::from_millis(200)),
             ..Config::default()
         };
+        config.limits.recovery_interval = Duration::from_millis(200);
         let redis = redis.then(|| RedisProcess::start().unwrap_or_else(|e| panic!("{e}")));
         if let Some(r) = &redis {
             config.cache = CacheKind::Redis;
-            config.redis_url = r.url();
+            config.redis.url = r.url();
         }
         adjust(&mut config);
         let node = Node::build(&config).await.expect("node");

@@ -701,8 +701,8 @@ pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &d
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$factory`.
 #[macro_export]
 macro_rules! store_conformance_suite {
-    ($factory:expr) => {
-        $crate::store_conformance_suite!(@tests $factory;
+    ($(#[$attr:meta])* $factory:path) => {
+        $crate::store_conformance_suite!(@tests [$(#[$attr])*] $factory;
             conversations_insert_if_absent,
             members_page_in_user_order_per_conversation,
             user_conversations_read_state_only_moves_forward,
@@ -714,14 +714,16 @@ macro_rules! store_conformance_suite {
             modes_only_rise_for_users_and_holes_fill_only_empty_slots,
         );
     };
-    (@tests $factory:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                if let Some((store, _guard)) = $factory().await {
-                    support::store_suite::$name(&*store).await;
-                }
+    (@tests $attrs:tt $factory:path; $($name:ident),* $(,)?) => {
+        $( $crate::store_conformance_suite!(@one $attrs $factory; $name); )*
+    };
+    (@one [$($attrs:tt)*] $factory:path; $name:ident) => {
+        #[tokio::test]
+        $($attrs)*
+        async fn $name() {
+            if let Some((store, _guard)) = $factory().await {
+                support::store_suite::$name(&*store).await;
             }
-        )*
+        }
     };
 }

@@ -7,7 +7,6 @@
 //! background when Redis returns.
 
 pub mod keys;
-pub mod process;
 pub mod scripts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,17 +34,29 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
 /// Payloads a subscriber may have unread before newer ones are dropped.
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
-/// Where the Redis is and how long to wait for it.
-#[derive(Debug, Clone)]
+/// Where the Redis is and how long to wait for it: the `[redis]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port[/db]`, used unless `cluster_nodes` is set.
     pub url: String,
-    /// Seed nodes of a Redis Cluster; when not empty, cluster mode.
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, a TOML array or one comma-separated
+    /// string); when not empty, cluster mode.
+    #[serde(deserialize_with = "crate::units::node_list")]
     pub cluster_nodes: Vec<String>,
+    /// Prefix of every key and channel (several deployments can share one Redis).
     pub key_prefix: String,
     /// Longest wait for one reply: sends fail with UNAVAILABLE after it.
+    #[serde(rename = "timeout", with = "crate::units::human")]
     pub response_timeout: Duration,
+    #[serde(with = "crate::units::human")]
     pub connect_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self::single("redis://127.0.0.1:6379/")
+    }
 }
 
 impl RedisOptions {
@@ -57,6 +68,17 @@ impl RedisOptions {
             response_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// What the types cannot say: positive timeouts, a prefix that keeps keys in their slots.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.response_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err("redis.timeout and redis.connect_timeout must be positive".into());
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            return Err("redis.key_prefix must be non-empty and free of braces".into());
+        }
+        Ok(())
     }
 }
 

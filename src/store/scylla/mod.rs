@@ -13,8 +13,11 @@
 //! - **message_id order.** Ids are u64 (holes set the top bit); CQL `bigint` is signed. Columns
 //!   holding a message_id store it with the top bit flipped, so CQL's order is the id's order.
 
-pub mod cql;
+mod options;
+pub mod script;
 pub mod statements;
+
+pub use self::options::{Keyspace, ScyllaOptions, parse_consistency, valid_keyspace};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,111 +48,6 @@ pub const SCHEMA_CQL: &str = include_str!("../../../schema.cql");
 
 /// Fan-out writes in flight at once per send (each is one single-partition statement).
 const FANOUT_CONCURRENCY: usize = 64;
-
-#[derive(Debug, Clone)]
-pub struct ScyllaOptions {
-    /// Contact points, `host:port` (9042; the shard-aware port 19042 is found by the driver).
-    pub nodes: Vec<String>,
-    pub keyspace: String,
-    /// Datacenter to prefer (and stay in); empty: none preferred.
-    pub local_dc: String,
-    pub consistency: Consistency,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `timeline migrate`: replicas per datacenter (in `local_dc` when set, else in each).
-    pub replication_factor: u32,
-    pub bucket_size: u64,
-    pub inbox_ttl: Duration,
-    pub idempotency_ttl: Duration,
-}
-
-impl ScyllaOptions {
-    /// The cluster the ScyllaDB tests run against: `SCYLLA_NODES` (`host:port`, comma-separated),
-    /// with `SCYLLA_RF` (default 1), `SCYLLA_CONSISTENCY`, `SCYLLA_LOCAL_DC`,
-    /// `SCYLLA_USERNAME`/`SCYLLA_PASSWORD`; a fresh keyspace named after `purpose`, the process
-    /// and a counter. `None` when `SCYLLA_NODES` is unset.
-    pub fn from_test_env(purpose: &str, bucket_size: u64) -> Option<Self> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nodes = std::env::var("SCYLLA_NODES").ok()?;
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(Self {
-            nodes: crate::config::comma_list(&nodes),
-            keyspace: format!(
-                "timeline_{purpose}_{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ),
-            local_dc: env("SCYLLA_LOCAL_DC").unwrap_or_default(),
-            consistency: env("SCYLLA_CONSISTENCY")
-                .map(|c| parse_consistency(&c))
-                .transpose()
-                .ok()
-                .flatten()
-                .unwrap_or(Consistency::LocalQuorum),
-            request_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            username: env("SCYLLA_USERNAME"),
-            password: env("SCYLLA_PASSWORD"),
-            replication_factor: env("SCYLLA_RF").and_then(|v| v.parse().ok()).unwrap_or(1),
-            bucket_size,
-            inbox_ttl: Duration::from_secs(14 * 86_400),
-            idempotency_ttl: Duration::from_secs(86_400),
-        })
-    }
-}
-
-/// Drops its keyspace when dropped, from a thread of its own (Drop cannot await): the
-/// ScyllaDB tests' cleanup.
-pub struct TestKeyspace(pub ScyllaOptions);
-
-impl Drop for TestKeyspace {
-    fn drop(&mut self) {
-        let options = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let dropped = tokio::runtime::Runtime::new()
-                .map_err(unavailable)
-                .and_then(|rt| rt.block_on(ScyllaStore::drop_keyspace(&options)));
-            if let Err(e) = dropped {
-                eprintln!("could not drop keyspace {}: {e}", options.keyspace);
-            }
-        })
-        .join();
-    }
-}
-
-/// What the ScyllaDB tests print when they cannot run.
-pub const SKIPPED_WITHOUT_CLUSTER: &str = "SKIPPED: the ScyllaDB tests need a cluster; set \
-    SCYLLA_NODES=host:9042[,host:9042] (ScyllaDB cannot run on the build machines)";
-
-/// Parses `scylla_consistency` (`local_quorum`, `quorum`, `one`, ...).
-pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        other => {
-            return Err(format!(
-                "scylla_consistency {other:?}: use local_quorum, quorum, each_quorum, all, one, two, three or local_one"
-            ));
-        }
-    })
-}
-
-/// A keyspace name CQL takes unquoted.
-pub fn valid_keyspace(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && name.len() <= 48
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
 
 pub struct ScyllaStore {
     session: Session,
@@ -455,13 +353,7 @@ impl ScyllaStore {
     /// Connects and prepares every statement (fails when the schema is not there: run
     /// `timeline migrate` first).
     pub async fn connect(options: &ScyllaOptions) -> StoreResult<Arc<Self>> {
-        if !valid_keyspace(&options.keyspace) {
-            return Err(StoreError::Config(format!(
-                "scylla_keyspace {:?} must be lower-case letters, digits and _",
-                options.keyspace
-            )));
-        }
-        let session = Self::session(options, Some(&options.keyspace)).await?;
+        let session = Self::session(options, Some(options.keyspace.as_str())).await?;
         let st = Prepared::prepare(&session, options.consistency)
             .await
             .map_err(|e| {
@@ -499,10 +391,8 @@ impl ScyllaStore {
     }
 
     /// Drops a keyspace (the conformance tests' cleanup).
+    #[cfg(feature = "testkit")]
     pub async fn drop_keyspace(options: &ScyllaOptions) -> StoreResult<()> {
-        if !valid_keyspace(&options.keyspace) {
-            return Err(StoreError::Config("bad keyspace".into()));
-        }
         let session = Self::session(options, None).await?;
         session
             .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", options.keyspace), ())
@@ -512,9 +402,10 @@ impl ScyllaStore {
     }
 
     /// Empties every table of the schema (tests reuse one keyspace across cases).
+    #[cfg(feature = "testkit")]
     pub async fn truncate_tables(&self) -> StoreResult<()> {
-        let schema =
-            cql::Schema::parse(SCHEMA_CQL).map_err(|e| StoreError::Config(e.to_string()))?;
+        let schema = crate::testkit::cql::Schema::parse(SCHEMA_CQL)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
         for table in schema.tables.keys() {
             self.session
                 .query_unpaged(format!("TRUNCATE {table}"), ())
@@ -672,11 +563,6 @@ impl ScyllaStore {
 /// every table and index of `schema.cql`, re-targeted at `options.keyspace`.
 pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
     let ks = &options.keyspace;
-    if !valid_keyspace(ks) {
-        return Err(StoreError::Config(format!(
-            "scylla_keyspace {ks:?} must be lower-case letters, digits and _"
-        )));
-    }
     if options.replication_factor == 0 {
         return Err(StoreError::Config(
             "scylla_replication_factor must be positive".into(),
@@ -697,7 +583,7 @@ pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>>
     let mut out = vec![format!(
         "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true"
     )];
-    for cql in cql::split_statements(SCHEMA_CQL) {
+    for cql in script::split_statements(SCHEMA_CQL) {
         let upper = cql.to_ascii_uppercase();
         if upper.starts_with("CREATE KEYSPACE") {
             continue;
@@ -711,6 +597,21 @@ pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>>
 impl Store for ScyllaStore {
     fn backend(&self) -> &'static str {
         "scylla"
+    }
+
+    /// A coordinator answers a read of its own system table (the tables of `schema.cql` are
+    /// checked when the statements are prepared at start).
+    async fn ping(&self) -> StoreResult<()> {
+        self.session
+            .query_unpaged("SELECT key FROM system.local WHERE key = 'local'", ())
+            .await
+            .map_err(execution)?;
+        Ok(())
+    }
+
+    /// Writes are durable at their consistency level once acknowledged.
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     async fn insert_conversation_if_absent(
@@ -1309,7 +1210,7 @@ mod tests {
     fn options() -> ScyllaOptions {
         ScyllaOptions {
             nodes: vec!["127.0.0.1:9042".into()],
-            keyspace: "chat_prod".into(),
+            keyspace: "chat_prod".parse().expect("a valid name"),
             local_dc: String::new(),
             consistency: Consistency::LocalQuorum,
             request_timeout: Duration::from_secs(2),
