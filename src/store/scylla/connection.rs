@@ -1,0 +1,314 @@
+//! The session (routing, timeouts, retries, speculative execution), the statement helpers the
+//! `Store` methods share (paging, batches), and the schema `timeline migrate` applies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::scylla::client::execution_profile::ExecutionProfile;
+use ::scylla::client::session::Session;
+use ::scylla::client::session_builder::SessionBuilder;
+use ::scylla::deserialize::row::DeserializeRow;
+use ::scylla::policies::load_balancing::DefaultPolicy;
+use ::scylla::policies::retry::DefaultRetryPolicy;
+use ::scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use ::scylla::response::{PagingState, PagingStateResponse};
+use ::scylla::serialize::row::SerializeRow;
+use ::scylla::statement::SerialConsistency;
+use ::scylla::statement::batch::{Batch, BatchType};
+use ::scylla::statement::prepared::PreparedStatement;
+
+use super::codec::*;
+use super::*;
+
+impl ScyllaStore {
+    pub(super) fn profile(options: &ScyllaOptions) -> ExecutionProfile {
+        let mut balancing = DefaultPolicy::builder()
+            .token_aware(true)
+            .permit_dc_failover(false);
+        if !options.local_dc.is_empty() {
+            balancing = balancing.prefer_datacenter(options.local_dc.clone());
+        }
+        ExecutionProfile::builder()
+            .consistency(options.consistency)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(options.request_timeout))
+            .load_balancing_policy(balancing.build())
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            // A second try at another replica when the first is slow; idempotent statements only.
+            .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
+                max_retry_count: 1,
+                retry_interval: options.request_timeout / 10,
+            })))
+            .build()
+    }
+
+    pub(super) async fn session(
+        options: &ScyllaOptions,
+        keyspace: Option<&str>,
+    ) -> StoreResult<Session> {
+        if options.nodes.is_empty() {
+            return Err(StoreError::Config("scylla_nodes is empty".into()));
+        }
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&options.nodes)
+            .connection_timeout(options.connect_timeout)
+            .default_execution_profile_handle(Self::profile(options).into_handle());
+        if let (Some(user), Some(password)) = (&options.username, &options.password) {
+            builder = builder.user(user, password);
+        }
+        if let Some(ks) = keyspace {
+            builder = builder.use_keyspace(ks, false);
+        }
+        builder.build().await.map_err(unavailable)
+    }
+
+    /// Connects and prepares every statement (fails when the schema is not there: run
+    /// `timeline migrate` first).
+    pub async fn connect(options: &ScyllaOptions) -> StoreResult<Arc<Self>> {
+        let session = Self::session(options, Some(options.keyspace.as_str())).await?;
+        let st = Prepared::prepare(&session, options.consistency)
+            .await
+            .map_err(|e| {
+                StoreError::Config(format!(
+                    "scylla: preparing statements: {e} (run `timeline migrate`?)"
+                ))
+            })?;
+        let secs = |d: Duration| i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX);
+        Ok(Arc::new(Self {
+            session,
+            st,
+            consistency: options.consistency,
+            bucket_size: options.bucket_size,
+            inbox_ttl_secs: secs(options.inbox_ttl),
+            idempotency_ttl_secs: secs(options.idempotency_ttl),
+        }))
+    }
+
+    /// Applies `schema.cql` to `options.keyspace` (every statement is `IF NOT EXISTS`, so
+    /// running it again changes nothing) and waits for schema agreement.
+    pub async fn migrate(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
+        let statements = migration_statements(options)?;
+        let session = Self::session(options, None).await?;
+        for cql in &statements {
+            session
+                .query_unpaged(cql.as_str(), ())
+                .await
+                .map_err(execution)?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(unavailable)?;
+        Ok(statements)
+    }
+
+    /// Drops a keyspace (the conformance tests' cleanup).
+    #[cfg(feature = "testkit")]
+    pub async fn drop_keyspace(options: &ScyllaOptions) -> StoreResult<()> {
+        let session = Self::session(options, None).await?;
+        session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", options.keyspace), ())
+            .await
+            .map_err(execution)?;
+        Ok(())
+    }
+
+    /// Empties every table of the schema (tests reuse one keyspace across cases).
+    #[cfg(feature = "testkit")]
+    pub async fn truncate_tables(&self) -> StoreResult<()> {
+        let schema = crate::testkit::cql::Schema::parse(SCHEMA_CQL)
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        for table in schema.tables.keys() {
+            self.session
+                .query_unpaged(format!("TRUNCATE {table}"), ())
+                .await
+                .map_err(execution)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn exec(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<()> {
+        self.session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(execution)?;
+        Ok(())
+    }
+
+    /// Up to `limit` rows, page by page (a page may come back short while more rows exist).
+    pub(super) async fn rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        self.rows_filtered(st, values, limit, |r| Ok(Some(r))).await
+    }
+
+    /// Rows mapped by `keep` (which may drop them) until `limit` are kept or none are left.
+    pub(super) async fn rows_filtered<R, T>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        limit: usize,
+        mut keep: impl FnMut(R) -> StoreResult<Option<T>>,
+    ) -> StoreResult<Vec<T>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut st = st.clone();
+        st.set_page_size(int32(limit.clamp(16, 5000)));
+        let mut paging = PagingState::start();
+        loop {
+            let (result, next) = self
+                .session
+                .execute_single_page(&st, &values, paging)
+                .await
+                .map_err(execution)?;
+            let rows = result.into_rows_result().map_err(corrupt)?;
+            for row in rows.rows::<R>().map_err(corrupt)? {
+                if let Some(t) = keep(row.map_err(corrupt)?)? {
+                    out.push(t);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => return Ok(out),
+            }
+        }
+    }
+
+    pub(super) async fn first<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<Option<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        Ok(self.rows(st, values, 1).await?.into_iter().next())
+    }
+
+    pub(super) async fn batch(&self, kind: BatchType, parts: Vec<BatchPart>) -> StoreResult<()> {
+        let mut batch = Batch::new(kind);
+        batch.set_consistency(self.consistency);
+        batch.set_is_idempotent(true);
+        let mut values = Vec::with_capacity(parts.len());
+        for (st, v) in parts {
+            batch.append_statement(st);
+            values.push(v);
+        }
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(execution)?;
+        Ok(())
+    }
+
+    /// The statements writing one `user_conversations` row (one partition): membership
+    /// columns, `mode` only when hot, activity and read position by their timestamps.
+    pub(super) fn user_row_parts(&self, row: &UserConversationRow) -> StoreResult<Vec<BatchPart>> {
+        let (u, c) = (row.user_id.clone(), row.conversation_id.clone());
+        let mut parts: Vec<BatchPart> = vec![(
+            self.st.insert_user_conversation.clone(),
+            Box::new((
+                u.clone(),
+                c.clone(),
+                kind_text(row.kind).to_owned(),
+                int(row.joined_seq)?,
+                Millis(row.joined_at_ms),
+            )),
+        )];
+        if row.mode == DeliveryMode::Hot {
+            parts.push((
+                self.st.set_user_conversation_hot.clone(),
+                Box::new((u.clone(), c.clone())),
+            ));
+        }
+        let last = int(row.last_seq)?;
+        parts.push((
+            self.st.raise_activity.clone(),
+            Box::new((
+                last,
+                last,
+                id_to_cql(row.last_message_id),
+                u.clone(),
+                c.clone(),
+            )),
+        ));
+        let read = int(row.read_seq)?;
+        parts.push((self.st.raise_read_seq.clone(), Box::new((read, read, u, c))));
+        Ok(parts)
+    }
+
+    pub(super) fn raise_conv_seq_part(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+    ) -> StoreResult<BatchPart> {
+        let seq = int(seq)?;
+        Ok((
+            self.st.raise_last_conv_seq.clone(),
+            Box::new((seq, seq, conversation_id.to_owned())),
+        ))
+    }
+
+    pub(super) async fn inbox_marks(&self, user_id: &str) -> StoreResult<(u64, u64)> {
+        let marks: Option<InboxMarksCql> = self.first(&self.st.get_inbox_marks, (user_id,)).await?;
+        Ok(match marks {
+            Some(m) => (
+                uint(m.inbox_head.unwrap_or(0))?,
+                uint(m.inbox_floor.unwrap_or(0))?,
+            ),
+            None => (0, 0),
+        })
+    }
+}
+
+/// The statements `timeline migrate` runs: the keyspace with the configured replication, then
+/// every table and index of `schema.cql`, re-targeted at `options.keyspace`.
+pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
+    let ks = &options.keyspace;
+    if options.replication_factor == 0 {
+        return Err(StoreError::Config(
+            "scylla_replication_factor must be positive".into(),
+        ));
+    }
+    let replication = if options.local_dc.is_empty() {
+        format!(
+            "{{'class': 'NetworkTopologyStrategy', 'replication_factor': {}}}",
+            options.replication_factor
+        )
+    } else {
+        format!(
+            "{{'class': 'NetworkTopologyStrategy', '{}': {}}}",
+            options.local_dc.replace('\'', "''"),
+            options.replication_factor
+        )
+    };
+    let mut out = vec![format!(
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true"
+    )];
+    for cql in script::split_statements(SCHEMA_CQL) {
+        let upper = cql.to_ascii_uppercase();
+        if upper.starts_with("CREATE KEYSPACE") {
+            continue;
+        }
+        out.push(cql.replace("timeline.", &format!("{ks}.")));
+    }
+    Ok(out)
+}
