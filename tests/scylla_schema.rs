@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use scylla::frame::response::result::{
     CollectionType, ColumnSpec, ColumnType, NativeType, TableSpec,
 };
-use timeline::store::scylla::{SCHEMA_CQL, statements};
+use timeline::store::scylla::{SCHEMA_CQL, script, statements};
 use timeline::testkit::cql::{self, CqlType, Schema, Statement};
 
 fn schema() -> Schema {
@@ -158,6 +158,8 @@ fn every_table_is_used_and_every_key_choice_is_deliberate() {
         .collect();
     let tables: BTreeSet<String> = schema.tables.keys().cloned().collect();
     assert_eq!(used, tables, "statements and schema cover the same tables");
+    let truncated: BTreeSet<String> = script::table_names(SCHEMA_CQL).into_iter().collect();
+    assert_eq!(truncated, tables, "the tests' TRUNCATE reaches every table");
     for table in schema.tables.values() {
         assert!(
             table.options.contains_key("compaction"),

@@ -1,4 +1,4 @@
-//! GetHistory (DESIGN §6): one conversation backwards by conv_seq, members only, nothing
+//! GetHistory: one conversation backwards by conv_seq, members only, nothing
 //! before the caller's joined_seq. Walks `(conversation_id, bucket)` partitions downwards.
 
 use super::error::TimelineResult;

@@ -1,4 +1,4 @@
-//! Identifiers (DESIGN §3): validation of user and conversation ids, and message_id snowflakes.
+//! Identifiers: validation of user and conversation ids, and message_id snowflakes.
 
 use std::sync::Mutex;
 

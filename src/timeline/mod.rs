@@ -1,4 +1,4 @@
-//! The domain pipeline, written once over the [`Store`] and [`Cache`] traits (DESIGN §5–§6).
+//! The domain pipeline, written once over the [`Store`] and [`Cache`] traits (README "How it works").
 //!
 //! It assumes only what ScyllaDB and Redis promise: single-partition atomic writes, clustered
 //! range reads, atomic sequence allocation, and a cache whose state can vanish. The embedded

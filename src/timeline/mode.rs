@@ -1,4 +1,4 @@
-//! Delivery modes (DESIGN §7): small conversations fan out on write to every member's inbox;
+//! Delivery modes (README "Hot conversations"): small conversations fan out on write to every member's inbox;
 //! hot ones (many members, or a high fan-out rate) are written once and read at sync time.
 //!
 //! A conversation's `mode_spans` say which conv_seqs are delivered which way, so readers know

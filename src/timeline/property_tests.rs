@@ -1,4 +1,4 @@
-//! Model-based property test of the delivery guarantees (DESIGN §8).
+//! Model-based property test of the delivery guarantees (README "Guarantees and how the tests prove them").
 //!
 //! Random sequences of operations — sends by random members into groups and direct chats,
 //! retries, joins, leaves, forced and automatic mode switches, syncs by random devices with

@@ -1,6 +1,6 @@
-//! Sequence allocation over the Cache, with the re-seed rule of DESIGN §3: a key whose state
-//! was lost is seeded from the Store's last persisted value (read once, then `SET NX`), never
-//! from zero, so no value at or below a persisted one is handed out again.
+//! Sequence allocation over the Cache, with the re-seed rule (README "Sequencer re-seed"): a
+//! key whose state was lost is seeded from the Store's last persisted value (read once, then
+//! `SET NX`), never from zero, so no value at or below a persisted one is handed out again.
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 

@@ -1,4 +1,4 @@
-//! Sync (DESIGN §6): everything new for the caller since the device's cursor, merged from
+//! Sync (README "Sync" and "Merged Sync"): everything new for the caller since the device's cursor, merged from
 //! the inbox (fan-out deliveries) and one source per hot conversation of the user.
 //!
 //! - The inbox is read in clustering order (inbox_seq, message_id). inbox_seq is dense per

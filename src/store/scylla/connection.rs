@@ -116,9 +116,7 @@ impl ScyllaStore {
     /// Empties every table of the schema (tests reuse one keyspace across cases).
     #[cfg(feature = "testkit")]
     pub async fn truncate_tables(&self) -> StoreResult<()> {
-        let schema = crate::testkit::cql::Schema::parse(SCHEMA_CQL)
-            .map_err(|e| StoreError::Config(e.to_string()))?;
-        for table in schema.tables.keys() {
+        for table in super::script::table_names(SCHEMA_CQL) {
             self.session
                 .query_unpaged(format!("TRUNCATE {table}"), ())
                 .await

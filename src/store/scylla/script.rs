@@ -34,3 +34,23 @@ pub fn split_statements(script: &str) -> Vec<String> {
     }
     out
 }
+
+/// The tables a script creates, without their keyspace (`CREATE TABLE [IF NOT EXISTS] ks.t (`).
+pub fn table_names(script: &str) -> Vec<String> {
+    split_statements(script)
+        .iter()
+        .filter_map(|statement| {
+            let words: Vec<&str> = statement.split_whitespace().collect();
+            let create_table = words.len() > 2
+                && words[0].eq_ignore_ascii_case("CREATE")
+                && words[1].eq_ignore_ascii_case("TABLE");
+            if !create_table {
+                return None;
+            }
+            let if_not_exists = words.get(2).is_some_and(|w| w.eq_ignore_ascii_case("IF"));
+            let name = words.get(if if_not_exists { 5 } else { 2 })?;
+            let name = name.split('(').next()?;
+            Some(name.rsplit('.').next()?.to_owned())
+        })
+        .collect()
+}
