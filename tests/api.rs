@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, TestServer, client_with_header, send_text};
+use support::{Client, TestServer, client_with_header, send_text, sync_all};
 use tonic::Code;
 
 async fn create_group(client: &mut Client, id: &str, members: &[&str]) -> Conversation {
@@ -23,43 +23,6 @@ async fn create_group(client: &mut Client, id: &str, members: &[&str]) -> Conver
         .into_inner()
         .conversation
         .expect("conversation")
-}
-
-/// Follows the cursor until caught up, using the page sizes in turn; retries `pending` pages.
-async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -> Vec<Message> {
-    let mut out = Vec::new();
-    for round in 0.. {
-        assert!(round < 10_000, "sync did not converge");
-        let limit = sizes[round % sizes.len()];
-        let page = client
-            .sync(SyncRequest {
-                cursor: cursor.clone(),
-                limit,
-            })
-            .await
-            .expect("sync")
-            .into_inner();
-        assert!(
-            !page.cursor_expired,
-            "expired at round {round} from cursor {cursor:?}"
-        );
-        assert!(page.messages.len() <= limit as usize);
-        if page.has_more {
-            assert_eq!(
-                page.messages.len(),
-                limit as usize,
-                "exact-count pages while more exist"
-            );
-        }
-        out.extend(page.messages);
-        *cursor = page.next_cursor;
-        if page.pending {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        } else if !page.has_more {
-            break;
-        }
-    }
-    out
 }
 
 /// Each message once, and per conversation the conv_seqs 1..=n in order.
@@ -988,48 +951,13 @@ async fn rows_past_the_retention_time_are_invisible_and_old_cursors_expire() {
 
 mod http_surface {
     use super::*;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client as HttpClient;
-    use hyper_util::rt::TokioExecutor;
     use prost::Message as _;
-
-    type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
-
-    async fn call(
-        http: &Http,
-        method: &str,
-        url: String,
-        headers: &[(&str, String)],
-        body: Vec<u8>,
-    ) -> (u16, String, Vec<u8>) {
-        let mut req = http::Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let response = http
-            .request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        (status, content_type, body)
-    }
+    use support::{Http, http_call as call, http_client};
 
     #[tokio::test]
     async fn post_surface_speaks_json_and_protobuf_and_serves_health_and_metrics() {
         let server = TestServer::start().await;
-        let http: Http = HttpClient::builder(TokioExecutor::new()).build_http();
+        let http: Http = http_client();
         let auth = (
             "authorization",
             format!("Bearer {}", server.token("alice", "curl")),

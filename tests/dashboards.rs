@@ -293,12 +293,8 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     }
 
     // promtool lints the exposition as Prometheus scraped it (HELP on every metric, names, types).
-    let metrics = http_get(server.addr, "/metrics").await;
-    let body = metrics
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    let lint = run_promtool(body);
+    let (_, body) = http_get(server.addr, "/metrics").await;
+    let lint = run_promtool(&body);
 
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic task");

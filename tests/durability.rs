@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, SECRET, client_with_header};
+use support::{Client, SECRET, client_with_header, history_all, sync_all};
 use tokio::sync::Mutex;
 
 struct ChildServer {
@@ -71,50 +71,6 @@ impl Drop for ChildServer {
 }
 
 const MEMBERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
-
-async fn history(client: &mut Client, conversation_id: &str) -> Vec<Message> {
-    let mut out = Vec::new();
-    let mut before = 0;
-    loop {
-        let page = client
-            .get_history(GetHistoryRequest {
-                conversation_id: conversation_id.into(),
-                before_seq: before,
-                limit: 200,
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        out.extend(page.messages);
-        if !page.has_more {
-            return out;
-        }
-        before = page.next_before_seq;
-    }
-}
-
-async fn sync_everything(client: &mut Client) -> Vec<Message> {
-    let mut out = Vec::new();
-    let mut cursor = String::new();
-    for _ in 0..1000 {
-        let page = client
-            .sync(SyncRequest {
-                cursor: cursor.clone(),
-                limit: 97,
-            })
-            .await
-            .expect("sync")
-            .into_inner();
-        out.extend(page.messages);
-        cursor = page.next_cursor;
-        if page.pending {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        } else if !page.has_more {
-            return out;
-        }
-    }
-    panic!("sync did not converge");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_sigkill_mid_flight() {
@@ -184,7 +140,7 @@ async fn acked_messages_survive_sigkill_mid_flight() {
             _ => "alice",
         };
         let mut client = server.client(member).await;
-        let messages = history(&mut client, &conversation).await;
+        let messages = history_all(&mut client, &conversation, 200).await;
         let seqs: Vec<u64> = messages.iter().rev().map(|m| m.conv_seq).collect();
         let unique: HashSet<u64> = seqs.iter().copied().collect();
         assert_eq!(
@@ -212,7 +168,7 @@ async fn acked_messages_survive_sigkill_mid_flight() {
     // fan-out the kill interrupted.
     for user in MEMBERS {
         let mut client = server.client(user).await;
-        let synced = sync_everything(&mut client).await;
+        let synced = sync_all(&mut client, &mut String::new(), &[97]).await;
         let mut seen = HashSet::new();
         for m in &synced {
             assert!(

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use ::timeline::proto::*;
 use ::timeline::testkit::redis_server::RedisProcess;
-use support::{Client, TestServer, http_get, operator, send, set_mode, sync_all};
+use support::{
+    Client, TestServer, history_all, http_get, operator, send, set_mode, sync_all, sync_all_within,
+};
 use tokio::sync::Mutex;
 use tonic::Code;
 
@@ -203,28 +205,7 @@ async fn under_load(fault: impl AsyncFnOnce(&mut RedisProcess), expect_failures:
 
 /// Syncs until nothing is pending or left (abandoned seqs become holes after the grace).
 async fn caught_up(client: &mut Client, cursor: &mut String) -> Vec<Message> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut out = Vec::new();
-    loop {
-        let page = client
-            .sync(SyncRequest {
-                cursor: cursor.clone(),
-                limit: 50,
-            })
-            .await
-            .expect("sync")
-            .into_inner();
-        assert!(!page.cursor_expired);
-        out.extend(page.messages);
-        *cursor = page.next_cursor;
-        if !page.has_more && !page.pending {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "sync stayed pending");
-        if page.pending {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    sync_all_within(client, cursor, &[50], Duration::from_secs(30)).await
 }
 
 fn check_delivery(
@@ -258,24 +239,8 @@ fn check_delivery(
 }
 
 async fn history_ids(client: &mut Client, conversation: &str) -> HashSet<u64> {
-    let mut ids = HashSet::new();
-    let mut before = 0;
-    loop {
-        let page = client
-            .get_history(GetHistoryRequest {
-                conversation_id: conversation.into(),
-                before_seq: before,
-                limit: 100,
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        ids.extend(page.messages.iter().map(|m| m.message_id));
-        if !page.has_more {
-            return ids;
-        }
-        before = page.next_before_seq;
-    }
+    let messages = history_all(client, conversation, 100).await;
+    messages.iter().map(|m| m.message_id).collect()
 }
 
 #[tokio::test]
@@ -357,10 +322,10 @@ async fn while_redis_is_down_reads_work_and_sends_fail_fast_then_recover() {
         .expect("list")
         .into_inner();
     assert_eq!(list.conversations.len(), 3);
-    let ready = http_get(server.addr, "/readyz").await;
+    let (status, ready) = http_get(server.addr, "/readyz").await;
     assert!(
-        ready.starts_with("HTTP/1.1 200") && ready.contains("cache: degraded"),
-        "{ready}"
+        status == 200 && ready.contains("cache: degraded"),
+        "{status} {ready}"
     );
 
     for conversation in ["d:alice:bob", "g:small", "g:hot"] {

@@ -206,10 +206,27 @@ pub async fn set_mode(ops: &mut Client, conversation_id: &str, mode: DeliveryMod
     .unwrap()
 }
 
-/// Follows the cursor until caught up with the given page sizes; returns everything delivered.
+/// How long `sync_all` waits for a cursor to catch up.
+pub const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// Follows the cursor until caught up, using the page sizes in turn, waiting out `pending`
+/// pages; returns everything delivered. Every page is checked: never expired, at most `limit`
+/// messages, exactly `limit` while more exist.
 pub async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -> Vec<Message> {
+    sync_all_within(client, cursor, sizes, CATCH_UP).await
+}
+
+/// [`sync_all`], failing when the cursor has not caught up within `deadline`.
+pub async fn sync_all_within(
+    client: &mut Client,
+    cursor: &mut String,
+    sizes: &[u32],
+    deadline: Duration,
+) -> Vec<Message> {
+    let give_up = std::time::Instant::now() + deadline;
     let mut out = Vec::new();
-    for round in 0..10_000 {
+    for round in 0.. {
+        assert!(round < 10_000, "sync did not converge");
         let limit = sizes[round % sizes.len()];
         let page = client
             .sync(SyncRequest {
@@ -219,28 +236,126 @@ pub async fn sync_all(client: &mut Client, cursor: &mut String, sizes: &[u32]) -
             .await
             .expect("sync")
             .into_inner();
-        assert!(!page.cursor_expired);
+        assert!(
+            !page.cursor_expired,
+            "expired at round {round} from cursor {cursor:?}"
+        );
+        assert!(page.messages.len() <= limit as usize);
         if page.has_more {
-            assert_eq!(page.messages.len(), limit as usize, "exact-count pages");
+            assert_eq!(
+                page.messages.len(),
+                limit as usize,
+                "exact-count pages while more exist"
+            );
         }
         out.extend(page.messages);
         *cursor = page.next_cursor;
+        if !page.has_more && !page.pending {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "sync stayed pending past {deadline:?}"
+        );
         if page.pending {
             tokio::time::sleep(Duration::from_millis(20)).await;
-        } else if !page.has_more {
-            return out;
         }
     }
-    panic!("sync did not converge");
+    out
 }
 
-/// A plain HTTP/1.1 GET; the whole response (status line, headers, body) as text.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
+/// The whole history of a conversation, newest first, in pages of `page`.
+pub async fn history_all(client: &mut Client, conversation_id: &str, page: u32) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut before = 0;
+    loop {
+        let reply = client
+            .get_history(GetHistoryRequest {
+                conversation_id: conversation_id.into(),
+                before_seq: before,
+                limit: page,
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        out.extend(reply.messages);
+        if !reply.has_more {
+            return out;
+        }
+        before = reply.next_before_seq;
+    }
+}
+
+pub type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// An HTTP/1.1 client for the plain-HTTP surface.
+pub fn http_client() -> Http {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// One request; the status, the content type and the body.
+pub async fn http_call(
+    http: &Http,
+    method: &str,
+    url: String,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    try_http_call(http, method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_call`], with a failure to connect or to read as an error.
+pub async fn try_http_call(
+    http: &Http,
+    method: &str,
+    url: String,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<(u16, String, Vec<u8>), String> {
+    use http_body_util::BodyExt;
+    let mut req = ::http::Request::builder().method(method).uri(&url);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let response = http
+        .request(req)
+        .await
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
+        .to_bytes()
+        .to_vec();
+    Ok((status, content_type, body))
+}
+
+/// A GET of `path`: the status and the body as text, or why there was no answer.
+pub async fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let url = format!("http://{addr}{path}");
+    let (status, _, body) = try_http_call(&http_client(), "GET", url, &[], Vec::new()).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A GET of `path`: the status and the body as text.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }

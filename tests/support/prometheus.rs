@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::try_http_get;
+
 pub struct PrometheusProcess {
     child: Child,
     pub addr: SocketAddr,
@@ -61,9 +63,9 @@ impl PrometheusProcess {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if get_http10(self.addr, "/-/ready")
+            if try_http_get(self.addr, "/-/ready")
                 .await
-                .is_ok_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+                .is_ok_and(|(status, _)| status == 200)
             {
                 return;
             }
@@ -83,13 +85,10 @@ impl PrometheusProcess {
     /// Evaluates `expr` now (`/api/v1/query`); the `data` object of the answer, or the error.
     pub async fn query(&self, expr: &str) -> Result<serde_json::Value, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(expr));
-        let response = get_http10(self.addr, &path)
+        let (_, response) = try_http_get(self.addr, &path)
             .await
             .map_err(|e| format!("prometheus unreachable: {e}"))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .ok_or_else(|| format!("no body in {response:?}"))?;
+        let body = response.as_str();
         let start = body
             .find('{')
             .ok_or_else(|| format!("no JSON in {response:?}"))?;
@@ -107,17 +106,6 @@ impl Drop for PrometheusProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A GET as HTTP/1.0, so that the answer comes unchunked and ends with the connection.
-async fn get_http10(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nhost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
