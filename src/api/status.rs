@@ -25,7 +25,9 @@ impl From<TimelineError> for Status {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(e.to_string())
             }
-            TimelineError::Cache(e @ (CacheError::Unavailable(_) | CacheError::Protocol(_))) => {
+            TimelineError::Cache(
+                e @ (CacheError::Unavailable(_) | CacheError::Protocol(_) | CacheError::Fenced(_)),
+            ) => {
                 tracing::warn!(error = %e, "cache failure");
                 Status::unavailable(e.to_string())
             }

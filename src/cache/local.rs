@@ -23,6 +23,8 @@ struct State {
     epoch: u64,
     seqs: HashMap<SeqKey, u64>,
     claims: HashMap<String, (u64, Instant)>,
+    /// Fenced conversations: holder and expiry.
+    fences: HashMap<String, (u64, Instant)>,
     claims_since_sweep: usize,
     hot: HashMap<String, Window>,
     /// conversation -> last conv_seq allocation (ms).
@@ -92,6 +94,14 @@ impl Cache for LocalCache {
         now_ms: i64,
     ) -> CacheResult<Vec<Option<u64>>> {
         let mut state = self.state();
+        let now = Instant::now();
+        state.fences.retain(|_, (_, expires)| *expires > now);
+        if let Some(c) = requests.iter().find_map(|r| match &r.key {
+            SeqKey::Conversation(c) if state.fences.contains_key(c) => Some(c),
+            _ => None,
+        }) {
+            return Err(CacheError::Fenced(c.clone()));
+        }
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
             let first = state.seqs.get_mut(&r.key).map(|last| {
@@ -105,6 +115,42 @@ impl Cache for LocalCache {
             out.push(first);
         }
         Ok(out)
+    }
+
+    async fn fence(
+        &self,
+        conversation_id: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> CacheResult<Option<u64>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        match state.fences.get(conversation_id) {
+            Some((held, expires)) if *held != holder && *expires > now => {
+                return Err(CacheError::Fenced(conversation_id.to_owned()));
+            }
+            _ => {}
+        }
+        let key = SeqKey::Conversation(conversation_id.to_owned());
+        let Some(current) = state.seqs.get(&key).copied() else {
+            return Ok(None);
+        };
+        state
+            .fences
+            .insert(conversation_id.to_owned(), (holder, now + ttl));
+        Ok(Some(current))
+    }
+
+    async fn unfence(&self, conversation_id: &str, holder: u64) -> CacheResult<()> {
+        let mut state = self.state();
+        if state
+            .fences
+            .get(conversation_id)
+            .is_some_and(|(held, _)| *held == holder)
+        {
+            state.fences.remove(conversation_id);
+        }
+        Ok(())
     }
 
     async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> {

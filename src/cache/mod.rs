@@ -21,6 +21,10 @@ pub enum CacheError {
     Unavailable(String),
     #[error("cache protocol error: {0}")]
     Protocol(String),
+    /// A conversation's conv_seq allocation is held back while a mode switch publishes its
+    /// span; retry shortly.
+    #[error("conv_seq allocation is fenced: {0}")]
+    Fenced(String),
 }
 
 pub type CacheResult<T> = Result<T, CacheError>;
@@ -91,6 +95,14 @@ macro_rules! with_cache_methods {
         /// trip), for the sweeper that fills abandoned seqs.
         fn allocate(&self, requests: &[SeqRequest], now_ms: i64) -> CacheResult<Vec<Option<u64>>> = vec![None; requests.len()];
         /// Sets the key's last handed-out value unless it already has one (`SET NX`).
+        /// Holds back the conversation's conv_seq allocations until `unfence` (or `ttl`), and
+        /// returns the last value handed out (`None`: no state; seed it, then fence again).
+        /// While fenced, an `allocate` of the conversation fails with `CacheError::Fenced`
+        /// (allocate a conversation's seq alone: other keys of the same call may be allocated
+        /// regardless). Fails with `Fenced` while another holder has the fence.
+        fn fence(&self, conversation_id: &str, holder: u64, ttl: Duration) -> CacheResult<Option<u64>> = None;
+        /// Lifts a fence this holder set (another holder's stays).
+        fn unfence(&self, conversation_id: &str, holder: u64) -> CacheResult<()> = ();
         fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> = ();
         /// The key's last handed-out value, if it has state.
         fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>> = None;

@@ -61,6 +61,73 @@ pub async fn sequences_allocate_ranges_for_many_keys_after_seeding(cache: &dyn C
     );
 }
 
+pub async fn fences_hold_back_a_conversations_allocations_until_lifted(cache: &dyn Cache) {
+    let ttl = Duration::from_secs(30);
+    let conv = |id: &str| SeqRequest {
+        key: SeqKey::Conversation(id.into()),
+        count: 1,
+    };
+    assert_eq!(
+        cache.fence("g:f", 7, ttl).await.unwrap(),
+        None,
+        "no state: nothing fenced, seed first"
+    );
+    assert_eq!(cache.allocate(&[conv("g:f")], 1).await.unwrap(), vec![None]);
+    cache
+        .seed(&SeqKey::Conversation("g:f".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(cache.fence("g:f", 7, ttl).await.unwrap(), Some(10));
+    assert!(matches!(
+        cache.allocate(&[conv("g:f")], 1).await,
+        Err(CacheError::Fenced(_))
+    ));
+    assert!(
+        matches!(cache.fence("g:f", 8, ttl).await, Err(CacheError::Fenced(_))),
+        "one holder at a time"
+    );
+    assert_eq!(
+        cache.fence("g:f", 7, ttl).await.unwrap(),
+        Some(10),
+        "the holder may fence again"
+    );
+    // Other conversations and inboxes are not held back.
+    cache
+        .seed(&SeqKey::Conversation("g:other".into()), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.allocate(&[conv("g:other")], 1).await.unwrap(),
+        vec![Some(1)]
+    );
+    cache.unfence("g:f", 8).await.unwrap();
+    assert!(
+        matches!(
+            cache.allocate(&[conv("g:f")], 1).await,
+            Err(CacheError::Fenced(_))
+        ),
+        "only the holder lifts it"
+    );
+    cache.unfence("g:f", 7).await.unwrap();
+    assert_eq!(
+        cache.allocate(&[conv("g:f")], 1).await.unwrap(),
+        vec![Some(11)]
+    );
+    // A fence lapses by itself (a switch that died).
+    assert_eq!(
+        cache
+            .fence("g:f", 9, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        Some(11)
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        cache.allocate(&[conv("g:f")], 1).await.unwrap(),
+        vec![Some(12)]
+    );
+}
+
 pub async fn claims_are_exclusive_until_they_expire(cache: &dyn Cache) {
     assert_eq!(
         cache
@@ -291,6 +358,7 @@ macro_rules! cache_conformance_suite {
         $crate::cache_conformance_suite!(@tests $factory;
             sequences_allocate_ranges_for_many_keys_after_seeding,
             claims_are_exclusive_until_they_expire,
+            fences_hold_back_a_conversations_allocations_until_lifted,
             hot_windows_keep_the_newest_entries_and_their_head,
             allocations_mark_conversations_active_until_verified,
             presence_lists_live_devices_until_they_lapse,

@@ -38,6 +38,12 @@ impl Keys {
         format!("{}:{{c{shard}}}:seq:{conversation_id}", self.prefix)
     }
 
+    /// Beside the conversation's sequencer (same slot): the allocate script checks it.
+    pub fn fence(&self, conversation_id: &str) -> String {
+        let shard = conversation_shard(conversation_id);
+        format!("{}:{{c{shard}}}:fence:{conversation_id}", self.prefix)
+    }
+
     pub fn active(&self, shard: u32) -> String {
         format!("{}:{{c{shard}}}:active", self.prefix)
     }

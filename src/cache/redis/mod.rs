@@ -106,6 +106,7 @@ pub struct RedisCache {
 
 struct Scripts {
     allocate: Script,
+    fence: Script,
     release_claim: Script,
     epoch: Script,
     hot_append: Script,
@@ -119,6 +120,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             allocate: Script::new(scripts::ALLOCATE),
+            fence: Script::new(scripts::FENCE),
             release_claim: Script::new(scripts::RELEASE_CLAIM),
             epoch: Script::new(scripts::EPOCH),
             hot_append: Script::new(scripts::HOT_APPEND),
@@ -129,9 +131,10 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.allocate,
+            &self.fence,
             &self.release_claim,
             &self.epoch,
             &self.hot_append,
@@ -177,7 +180,9 @@ fn is_transient(e: &RedisError) -> bool {
 }
 
 fn to_cache_error(e: RedisError) -> CacheError {
-    if is_transient(&e) {
+    if e.code() == Some("FENCED") || e.to_string().contains("FENCED") {
+        CacheError::Fenced(e.to_string())
+    } else if is_transient(&e) {
         unavailable(e)
     } else {
         CacheError::Protocol(format!("redis: {e}"))
@@ -382,7 +387,11 @@ impl Cache for RedisCache {
                 match &r.key {
                     SeqKey::Conversation(c) => eval(
                         &self.scripts.allocate,
-                        &[&self.keys.conversation_seq(c), &self.keys.active_of(c)],
+                        &[
+                            &self.keys.conversation_seq(c),
+                            &self.keys.active_of(c),
+                            &self.keys.fence(c),
+                        ],
                         &[&count, &now, c.as_bytes(), &ttl],
                     ),
                     SeqKey::Inbox(u) => eval(
@@ -399,6 +408,33 @@ impl Cache for RedisCache {
             .zip(lasts)
             .map(|(r, last)| last.map(|last| last + 1 - r.count))
             .collect())
+    }
+
+    async fn fence(
+        &self,
+        conversation_id: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> CacheResult<Option<u64>> {
+        let cmd = eval(
+            &self.scripts.fence,
+            &[
+                &self.keys.conversation_seq(conversation_id),
+                &self.keys.fence(conversation_id),
+            ],
+            &[&num(holder), &num(ms(ttl).max(1))],
+        );
+        self.run_one(cmd).await
+    }
+
+    async fn unfence(&self, conversation_id: &str, holder: u64) -> CacheResult<()> {
+        let cmd = eval(
+            &self.scripts.release_claim,
+            &[&self.keys.fence(conversation_id)],
+            &[&num(holder)],
+        );
+        self.run_one::<Value>(cmd).await?;
+        Ok(())
     }
 
     async fn seed(&self, key: &SeqKey, last_value: u64) -> CacheResult<()> {

@@ -1,9 +1,11 @@
 //! The Lua scripts: each is one atomic step on keys of one slot (see `keys.rs`).
 
-/// KEYS: sequencer[, active set]. ARGV: count, now_ms, conversation_id, key ttl (ms).
+/// KEYS: sequencer[, active set, fence]. ARGV: count, now_ms, conversation_id, key ttl (ms).
 /// The last value of the range, or nil when the key has no state (the caller re-seeds it from
-/// the Store: never counting up from zero). A conversation's allocation also marks it active.
+/// the Store: never counting up from zero), or the error `FENCED` while a mode switch holds the
+/// conversation's allocations back. A conversation's allocation also marks it active.
 pub const ALLOCATE: &str = r"
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return redis.error_reply('FENCED') end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local last = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -11,7 +13,19 @@ if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return last
 ";
 
-/// KEYS: claim. ARGV: holder. Deletes the claim only if this holder still has it.
+/// KEYS: sequencer, fence. ARGV: holder, ttl (ms). Fences the conversation's allocations for
+/// this holder and answers the sequencer's value; nil (no fence set) when the sequencer has no
+/// state; the error `FENCED` while another holder has the fence.
+pub const FENCE: &str = r"
+local held = redis.call('GET', KEYS[2])
+if held and held ~= ARGV[1] then return redis.error_reply('FENCED') end
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return current
+";
+
+/// KEYS: claim (or fence). ARGV: holder. Deletes it only if this holder still has it.
 pub const RELEASE_CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
