@@ -14,18 +14,23 @@ use timeline::timeline::{Caller, CreateConversation, Limits, SendMessage, System
 struct Fixture {
     timeline: Arc<Timeline>,
     store: Arc<EmbeddedStore>,
+    cache: Arc<LocalCache>,
     _dir: tempfile::TempDir,
 }
+
+const GRACE: Duration = Duration::from_millis(300);
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store =
         EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, 4096)).unwrap();
+    let cache = Arc::new(LocalCache::new());
     let timeline = Timeline::new(
         store.clone(),
-        Arc::new(LocalCache::new()),
+        cache.clone(),
         Limits {
             recovery_age: Duration::ZERO,
+            gap_grace: GRACE,
             ..Limits::default()
         },
         Arc::new(SystemClock),
@@ -33,6 +38,7 @@ fn fixture() -> Fixture {
     Fixture {
         timeline,
         store,
+        cache,
         _dir: dir,
     }
 }
@@ -219,4 +225,67 @@ async fn a_sequencer_that_lost_its_state_continues_after_the_persisted_values() 
     let page = restarted.sync(&caller("bob"), "", 100).await.unwrap();
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.conv_seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "no inbox_seq was reused");
+}
+
+/// A fresh device whose first page stops at a young gap before anything was delivered gets a
+/// cursor that its next Sync takes up where it stopped: cursors expire by the retention rules
+/// only (found by the switch reproduction: such a cursor was answered with cursor_expired).
+#[tokio::test]
+async fn a_fresh_cursor_stopped_at_a_young_gap_does_not_expire() {
+    use timeline::cache::{Cache, SeqKey, SeqRequest};
+    let f = fixture();
+    let conv = group(&f.timeline, "alice", &["bob"]).await;
+    // A writer took bob's first inbox seq and has not written its row yet.
+    let bob_inbox = SeqKey::Inbox("bob".into());
+    f.cache.seed(&bob_inbox, 0).await.unwrap();
+    let taken = f
+        .cache
+        .allocate(
+            &[SeqRequest {
+                key: bob_inbox,
+                count: 1,
+            }],
+            f.timeline.now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, vec![Some(1)]);
+    let sent = f
+        .timeline
+        .send(
+            &caller("alice"),
+            SendMessage {
+                conversation_id: conv,
+                client_msg_id: "after-the-gap".into(),
+                content_type: String::new(),
+                body: Bytes::from_static(b"hi"),
+            },
+        )
+        .await
+        .unwrap();
+
+    let first = f.timeline.sync(&caller("bob"), "", 10).await.unwrap();
+    assert!(first.messages.is_empty() && first.pending && !first.cursor_expired);
+    let again = f
+        .timeline
+        .sync(&caller("bob"), &first.next_cursor, 10)
+        .await
+        .unwrap();
+    assert!(!again.cursor_expired, "expired with nothing dropped");
+    tokio::time::sleep(GRACE * 2).await;
+    let after = f
+        .timeline
+        .sync(&caller("bob"), &again.next_cursor, 10)
+        .await
+        .unwrap();
+    assert!(!after.cursor_expired);
+    assert_eq!(
+        after
+            .messages
+            .iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>(),
+        [sent.message_id],
+        "the gap is skipped once old, the row after it delivered"
+    );
 }

@@ -359,16 +359,27 @@ impl Timeline {
         Ok((conversation, added))
     }
 
+    /// Fans out to the joiners what was sent from their joined_seq on before senders could see
+    /// them. Hot seqs are left out: joiners read those from the conversation (the spans, read
+    /// after the messages, are final for them).
     async fn backfill(&self, id: &str, users: &[String], from_seq: u64) -> TimelineResult<()> {
         let to_seq = self
             .current_seq(&SeqKey::Conversation(id.to_owned()))
             .await?;
-        for message in self
+        let messages = self
             .read_messages_ascending(id, from_seq, to_seq, usize::MAX)
-            .await?
-        {
-            self.write_to_inboxes(&message, users.to_vec(), None, false)
-                .await?;
+            .await?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let Some(conversation) = self.store.get_conversation(id).await? else {
+            return Ok(());
+        };
+        for message in messages {
+            if conversation.mode_at(message.conv_seq) == DeliveryMode::Fanout {
+                self.write_to_inboxes(&message, users.to_vec(), None, false)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -214,6 +214,38 @@ impl Timeline {
         Ok(users.into_iter().zip(seqs).collect())
     }
 
+    /// Completes an outbox entry: fans the message out or — when its seq is hot (the sender
+    /// wrote the entry on a stale hint and stopped before delivering) — appends it to the
+    /// window and clears the entry, so a hot seq never gets inbox rows. The conversation is
+    /// read after the message, so its spans are final for the message's seq.
+    pub(crate) async fn redrive(
+        &self,
+        message: &MessageRow,
+        entry: &PendingFanoutRow,
+    ) -> TimelineResult<()> {
+        let hot = self
+            .store
+            .get_conversation(&message.conversation_id)
+            .await?
+            .is_some_and(|c| c.mode_at(message.conv_seq) == DeliveryMode::Hot);
+        if hot {
+            self.append_hot(message).await?;
+            self.store
+                .advance_read_seq(
+                    &message.sender_id,
+                    &message.conversation_id,
+                    message.conv_seq,
+                )
+                .await?;
+            self.store
+                .delete_pending(entry.shard, entry.message_id)
+                .await?;
+        } else {
+            self.fan_out(message, self.still_valid(entry)).await?;
+        }
+        Ok(())
+    }
+
     /// Re-drives every outbox entry created at or before `created_before_ms`; returns how many.
     pub async fn recover_pending(&self, created_before_ms: i64) -> TimelineResult<usize> {
         let mut redriven = 0;
@@ -226,9 +258,7 @@ impl Timeline {
                     .find_message(&entry.conversation_id, entry.conv_seq, entry.message_id)
                     .await?
                 {
-                    Some(message) => {
-                        self.fan_out(&message, self.still_valid(&entry)).await?;
-                    }
+                    Some(message) => self.redrive(&message, &entry).await?,
                     // The entry is written with its message: without one there is nothing to
                     // deliver, and keeping it would re-drive forever.
                     None => self.store.delete_pending(shard, entry.message_id).await?,

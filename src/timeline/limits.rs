@@ -48,6 +48,9 @@ pub struct Limits {
     /// How long a send whose client_msg_id another request holds waits for that one's result.
     #[serde(skip)]
     pub send_claim_wait: Duration,
+    /// How long a send waits for a mode switch's fence on its conversation to lift.
+    #[serde(skip)]
+    pub send_fence_wait: Duration,
     /// How often the recovery loop re-drives the outbox and sweeps abandoned seqs.
     #[serde(with = "crate::units::human")]
     pub recovery_interval: Duration,
@@ -67,6 +70,9 @@ pub(crate) enum Broken {
     GapsSkippedNotFilled,
     /// Sends write no outbox entry, so an interrupted fan-out is never re-driven.
     SendWithoutOutbox,
+    /// Mode switches publish their span without fencing allocation (and back-fill the fan-out
+    /// instead), so a sender can deliver a seq of the new span the old way.
+    SwitchWithoutFence,
 }
 
 impl Default for Limits {
@@ -96,6 +102,7 @@ impl Default for Limits {
             hot_window: 1000,
             send_claim_wait: Duration::from_secs(2),
             recovery_interval: Duration::from_secs(1),
+            send_fence_wait: Duration::from_secs(2),
             #[cfg(test)]
             broken: None,
         }

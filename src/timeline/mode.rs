@@ -2,21 +2,26 @@
 //! hot ones (many members, or a high fan-out rate) are written once and read at sync time.
 //!
 //! A conversation's `mode_spans` say which conv_seqs are delivered which way, so readers know
-//! where each message comes from. A switch at `S = current conv_seq + 1`:
-//! 1. to hot: flag every member's `user_conversations` row (Sync then reads the conversation
-//!    as a hot source), publish the span, flag again (members who joined meanwhile);
-//! 2. to fan-out: publish the span, then fan out every message from `S` already written: a
-//!    sender decides its path from the conversation read *after* its durable write, so it
-//!    either sees the new span or its message is found by this backfill.
+//! where each message comes from. A switch:
+//! 1. to hot: flags every member's `user_conversations` row first (Sync then reads the
+//!    conversation as a hot source);
+//! 2. fences the conversation's conv_seq allocation in the Cache and reads its current value
+//!    `C`; publishes the span `(S = C + 1, mode)` to the Store; lifts the fence;
+//! 3. to hot: flags again (members who joined meanwhile).
 //!
-//! Either way a message is never delivered zero ways; one delivered both ways is deduplicated.
+//! So a span is durable before any seq it covers is allocated: every seq's mode is fixed when
+//! it is handed out, and whoever learns of a seq (its sender after the durable write, a reader
+//! of its inbox row or window entry, a re-drive) and then reads the conversation sees the mode
+//! it is delivered in. Each message is delivered exactly one way — fan-out seqs only ever get
+//! inbox rows, hot seqs only window entries — and each reader takes it from exactly one source
+//! (see `sync.rs`). Senders held back by the fence wait for it (one Store write).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::Timeline;
 use super::error::{TimelineError, TimelineResult};
 use super::reads::read_pages;
+use super::{Broken, Timeline};
 use crate::cache::SeqKey;
 use crate::metrics;
 use crate::store::*;
@@ -25,6 +30,9 @@ use crate::store::*;
 const FLAG_PAGE: usize = 1000;
 /// How long a switch holds the conversation's switch claim at most.
 const SWITCH_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a switch's fence holds allocation back at most: far longer than the one Store write
+/// it covers (a switch that dies lets sends resume after it).
+const FENCE_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 /// The fan-out rate is measured over this window.
 const RATE_WINDOW_MS: i64 = 10_000;
 
@@ -163,27 +171,29 @@ impl Timeline {
                 ..conversation
             });
         }
-        let since = self
-            .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
-            .await?
-            + 1;
-        let mut spans = conversation.mode_spans.clone();
-        spans.push(ModeSpan {
-            since_seq: since,
-            mode,
-        });
-        if spans.len() > MAX_MODE_SPANS {
-            spans.drain(..spans.len() - MAX_MODE_SPANS);
-        }
         if mode == DeliveryMode::Hot {
             self.flag_members_hot(conversation_id).await?;
         }
-        self.store
-            .update_conversation_mode(conversation_id, &spans, forced, now)
-            .await?;
-        match mode {
-            DeliveryMode::Hot => self.flag_members_hot(conversation_id).await?,
-            DeliveryMode::Fanout => self.backfill_fanout(conversation_id, since).await?,
+        let spans = if self.broken(Broken::SwitchWithoutFence) {
+            let since = self
+                .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
+                .await?
+                + 1;
+            let spans = with_span(&conversation.mode_spans, since, mode);
+            self.store
+                .update_conversation_mode(conversation_id, &spans, forced, now)
+                .await?;
+            if mode == DeliveryMode::Fanout {
+                self.backfill_fanout(conversation_id, since).await?;
+            }
+            spans
+        } else {
+            self.publish_span_fenced(&conversation, mode, forced, now)
+                .await?
+        };
+        let since = spans.last().map_or(1, |s| s.since_seq);
+        if mode == DeliveryMode::Hot {
+            self.flag_members_hot(conversation_id).await?;
         }
         let label = match mode {
             DeliveryMode::Hot => "hot",
@@ -204,6 +214,32 @@ impl Timeline {
             mode_changed_at_ms: now,
             ..conversation
         })
+    }
+
+    /// Publishes the span `(S, mode)` while the conversation's allocation is fenced, `S` being
+    /// the first seq handed out after it; returns the spans written.
+    async fn publish_span_fenced(
+        &self,
+        conversation: &ConversationRow,
+        mode: DeliveryMode,
+        forced: bool,
+        now: i64,
+    ) -> TimelineResult<Vec<ModeSpan>> {
+        let id = &conversation.conversation_id;
+        let holder = rand::random::<u64>();
+        let current = self.fence_conversation(id, holder, FENCE_LEASE).await?;
+        let spans = with_span(&conversation.mode_spans, current + 1, mode);
+        let published = self
+            .store
+            .update_conversation_mode(id, &spans, forced, now)
+            .await;
+        // Lift the fence whatever happened (it lapses by itself if this fails too).
+        let lifted = self.cache.unfence(id, holder).await;
+        published?;
+        if let Err(e) = lifted {
+            tracing::warn!(conversation_id = %id, error = %e, "could not lift a switch fence: it lapses");
+        }
+        Ok(spans)
     }
 
     async fn flag_members_hot(&self, conversation_id: &str) -> TimelineResult<()> {
@@ -227,7 +263,8 @@ impl Timeline {
         Ok(())
     }
 
-    /// Fans out the messages from `since` on that are already written (see the module docs).
+    /// The broken variant's catch-up for senders that delivered a new fan-out seq the hot way:
+    /// fans out the messages from `since` on that are already written.
     async fn backfill_fanout(&self, conversation_id: &str, since: u64) -> TimelineResult<()> {
         let last = self
             .current_seq(&SeqKey::Conversation(conversation_id.to_owned()))
@@ -288,6 +325,19 @@ impl Timeline {
             other => other.map(drop),
         }
     }
+}
+
+/// `spans` with `(since, mode)` added, keeping the newest [`MAX_MODE_SPANS`].
+fn with_span(spans: &[ModeSpan], since: u64, mode: DeliveryMode) -> Vec<ModeSpan> {
+    let mut spans = spans.to_vec();
+    spans.push(ModeSpan {
+        since_seq: since,
+        mode,
+    });
+    if spans.len() > MAX_MODE_SPANS {
+        spans.drain(..spans.len() - MAX_MODE_SPANS);
+    }
+    spans
 }
 
 #[cfg(test)]

@@ -20,11 +20,13 @@ use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
 use super::{Broken, Caller, Timeline};
-use crate::cache::{SeqKey, SeqRequest};
+use crate::cache::{CacheError, SeqKey, SeqRequest};
 use crate::metrics;
 use crate::store::*;
 
 const DEFAULT_CONTENT_TYPE: &str = "text/plain";
+/// How often a send held back by a mode switch's fence tries to allocate again.
+const FENCE_POLL: Duration = Duration::from_millis(2);
 /// How often a send that found its client_msg_id claimed looks for the first one's result.
 const CLAIM_POLL: Duration = Duration::from_millis(25);
 
@@ -156,12 +158,25 @@ impl Timeline {
         });
     }
 
+    /// The next conv_seq. While a mode switch fences the conversation (for the one Store write
+    /// that publishes its span), waits up to `send_fence_wait` for it to lift.
     async fn allocate_conv_seq(&self, conversation_id: &str) -> TimelineResult<u64> {
         let request = SeqRequest {
             key: SeqKey::Conversation(conversation_id.to_owned()),
             count: 1,
         };
-        Ok(self.allocate(&[request]).await?[0])
+        let waited = tokio::time::Instant::now();
+        loop {
+            match self.allocate(std::slice::from_ref(&request)).await {
+                Ok(seqs) => return Ok(seqs[0]),
+                Err(TimelineError::Cache(CacheError::Fenced(_)))
+                    if waited.elapsed() < self.limits.send_fence_wait =>
+                {
+                    tokio::time::sleep(FENCE_POLL).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Delivers a durably written message the way its conv_seq's mode says, as read *after*
@@ -258,7 +273,7 @@ impl Timeline {
             })?;
         let shard = pending_shard(record.message_id);
         if let Some(pending) = self.store.get_pending(shard, record.message_id).await? {
-            self.fan_out(&message, self.still_valid(&pending)).await?;
+            self.redrive(&message, &pending).await?;
             ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
         }
         ::metrics::counter!(metrics::IDEMPOTENT_REPLAYS).increment(1);

@@ -53,6 +53,30 @@ impl Timeline {
         Ok(self.cache.current(key).await?.unwrap_or(0))
     }
 
+    /// Fences the conversation's conv_seq allocations for `holder` (see `Cache::fence`) and
+    /// returns the last value handed out, re-seeding the sequencer from the Store when the
+    /// Cache lost it.
+    pub(crate) async fn fence_conversation(
+        &self,
+        conversation_id: &str,
+        holder: u64,
+        ttl: std::time::Duration,
+    ) -> TimelineResult<u64> {
+        if let Some(v) = self.cache.fence(conversation_id, holder, ttl).await? {
+            return Ok(v);
+        }
+        self.seed(&SeqKey::Conversation(conversation_id.to_owned()))
+            .await?;
+        self.cache
+            .fence(conversation_id, holder, ttl)
+            .await?
+            .ok_or_else(|| {
+                TimelineError::Cache(crate::cache::CacheError::Unavailable(
+                    "sequencer lost its state again while re-seeding".into(),
+                ))
+            })
+    }
+
     /// The key's last handed-out value as a bound for reads: from the Cache, or, while the
     /// Cache fails, the Store's last persisted value (what readers can be given anyway; sends
     /// need the sequencer, so they fail meanwhile instead).

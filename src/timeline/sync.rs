@@ -132,7 +132,9 @@ impl Timeline {
         };
         // Sources of hot conversations that moved past the cursor, by conversation id.
         let mut hot: HashMap<String, HotSource> = HashMap::new();
-        let mut conversations: HashMap<String, Option<ConversationRow>> = HashMap::new();
+        // Conversations read while merging, with the seq bound read just before each: their
+        // spans are final for every seq up to it.
+        let mut conversations: HashMap<String, (u64, Option<ConversationRow>)> = HashMap::new();
         for (row, head) in hot_rows.iter().zip(&heads) {
             let known = positions.get(&row.conversation_id).copied();
             if moved(known, head) {
@@ -140,7 +142,7 @@ impl Timeline {
                 if let Some(source) = source {
                     conversations.insert(
                         row.conversation_id.clone(),
-                        Some(source.conversation.clone()),
+                        (source.upper, Some(source.conversation.clone())),
                     );
                     hot.insert(row.conversation_id.clone(), source);
                 }
@@ -163,11 +165,16 @@ impl Timeline {
                 if !hot_members.contains(id.as_str()) {
                     break;
                 }
-                if !conversations.contains_key(id) {
+                let stale = conversations
+                    .get(id)
+                    .is_none_or(|(bound, _)| row.message.conv_seq > *bound);
+                if stale {
+                    let bound = self.read_bound(&SeqKey::Conversation(id.clone())).await?;
                     let loaded = self.store.get_conversation(id).await?;
-                    conversations.insert(id.clone(), loaded);
+                    conversations.insert(id.clone(), (bound, loaded));
                 }
                 let in_hot_span = conversations[id]
+                    .1
                     .as_ref()
                     .is_some_and(|c| c.mode_at(row.message.conv_seq) == DeliveryMode::Hot);
                 if !in_hot_span {
@@ -249,6 +256,16 @@ impl Timeline {
             // in flight at most a grace period earlier). Whether hot sources have more
             // does not matter: this dates the inbox position only.
             inbox.position_time_ms.max(reader.now - reader.grace_ms)
+        } else if inbox.position_time_ms == 0 {
+            // Nothing consumed yet (a fresh cursor): date the position by the oldest row still
+            // owed — the first buffered one, or, blocked at a young gap, one younger than the
+            // grace — never by 0, which the next call would take for a position older than the
+            // retention and answer with cursor_expired.
+            inbox
+                .buffer
+                .front()
+                .map_or(reader.now, |row| row.allocated_at_ms.min(reader.now))
+                - reader.grace_ms
         } else {
             inbox.position_time_ms
         };
@@ -390,12 +407,14 @@ impl HotSource {
         fresh: bool,
     ) -> TimelineResult<Option<Self>> {
         let t = r.timeline;
-        let Some(conversation) = t.store.get_conversation(&row.conversation_id).await? else {
-            return Ok(None);
-        };
+        // The bound first: every seq up to it was handed out before the conversation is read,
+        // so the spans read are final for all of them (a span is durable before its seqs).
         let upper = t
             .read_bound(&SeqKey::Conversation(row.conversation_id.clone()))
             .await?;
+        let Some(conversation) = t.store.get_conversation(&row.conversation_id).await? else {
+            return Ok(None);
+        };
         let position = match known {
             Some(p) => p.max(row.joined_seq.saturating_sub(1)),
             None => {
