@@ -6,6 +6,8 @@
 //! applied but returns after the clock moved past `gap_grace`. A *dropped* Cache write reports
 //! success without effect (Redis may lose writes; the Store is the truth). A *sequencer reset*
 //! loses all Cache state before the operation, as a Redis restart without persistence does.
+//! An *interleaving* runs other work (a send, a sync) just before the operation, as a
+//! concurrent request would: every point of a call can be explored deterministically.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,9 +78,14 @@ impl LoseState for RedisProcess {
     }
 }
 
+/// Work an interleaving runs in the middle of another call.
+pub type Interleaved = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// The fault armed for the operations that follow, shared by both wrappers.
 pub struct FaultPlan {
     state: Mutex<(Option<Fault>, usize)>,
+    /// Run before operation `.0` (counted like faults), once.
+    interleaved: Mutex<Option<(usize, Interleaved)>>,
     clock: Arc<ManualClock>,
     cache: Arc<dyn LoseState>,
 }
@@ -93,6 +100,7 @@ impl FaultPlan {
     pub fn new(clock: Arc<ManualClock>, cache: Arc<dyn LoseState>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((None, 0)),
+            interleaved: Mutex::new(None),
             clock,
             cache,
         })
@@ -102,8 +110,26 @@ impl FaultPlan {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (fault, 0);
     }
 
+    /// Runs `work` just before the `at`-th operation from now (counted with faults; the
+    /// operations of `work` itself count too, and nothing fires inside it twice).
+    pub fn interleave(&self, at: usize, work: Interleaved) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, 0);
+        *self.interleaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, work));
+    }
+
+    /// The interleaved work due before the operation about to run, if any.
+    fn due(&self) -> Option<Interleaved> {
+        let index = self.state.lock().unwrap_or_else(|p| p.into_inner()).1;
+        let mut slot = self.interleaved.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((at, _)) if *at == index => slot.take().map(|(_, work)| work),
+            _ => None,
+        }
+    }
+
     /// Whether the armed fault fired (it fires once).
     pub fn disarm(&self) -> bool {
+        *self.interleaved.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let fired = state.0.is_some_and(|f| state.1 > f.at);
         *state = (None, 0);
@@ -172,6 +198,9 @@ macro_rules! faulty {
             }
             $(
                 async fn $name(&self $(, $arg: $argty)*) -> $ret {
+                    if let Some(work) = self.plan.due() {
+                        work().await;
+                    }
                     match self.plan.next($is_cache) {
                         Verdict::Fail => Err($crash),
                         Verdict::Drop => dropped_or_crash!($crash; $($dropped)?),

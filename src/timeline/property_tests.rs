@@ -96,6 +96,17 @@ enum Op {
         group: usize,
         hot: bool,
     },
+    /// A switch with a send and a sync running just before its `at`-th Store/Cache operation,
+    /// as concurrent requests would.
+    SwitchAmidTraffic {
+        group: usize,
+        hot: bool,
+        at: usize,
+        sender: usize,
+        reader: usize,
+        device: usize,
+        limit: u32,
+    },
     Sync {
         user: usize,
         device: usize,
@@ -132,6 +143,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1..USERS, 0usize..2).prop_map(|(user, group)| Op::Join { user, group }),
         1 => (1..USERS, 0usize..2).prop_map(|(user, group)| Op::Leave { user, group }),
         2 => (0usize..2, any::<bool>()).prop_map(|(group, hot)| Op::Force { group, hot }),
+        3 => (0usize..2, any::<bool>(), 0usize..12, 0..USERS, 0..USERS, 0..DEVICES, 1u32..8)
+            .prop_map(|(group, hot, at, sender, reader, device, limit)| Op::SwitchAmidTraffic {
+                group, hot, at, sender, reader, device, limit,
+            }),
         6 => (0..USERS, 0..DEVICES, 1u32..8).prop_map(|(user, device, limit)| Op::Sync { user, device, limit }),
         1 => (0..USERS, 0usize..3).prop_map(|(user, conv)| Op::MarkRead { user, conv }),
         2 => (0u64..4000).prop_map(|ms| Op::Advance { ms }),
@@ -207,6 +222,8 @@ impl World {
             gap_grace: GRACE,
             recovery_age: Duration::from_secs(5),
             send_claim_wait: Duration::ZERO,
+            // A send held back by a switch's fence fails at once (a client retries later).
+            send_fence_wait: Duration::ZERO,
             broken,
             ..Limits::default()
         };
@@ -270,7 +287,19 @@ impl World {
     /// One Sync call; returns whether the device should call again (more, or pending).
     async fn sync_device(&mut self, u: usize, d: usize, limit: u32) -> Result<bool, TestCaseError> {
         let cursor = self.devices[u][d].cursor.clone();
-        let page = match self.timeline.sync(&caller(u, d), &cursor, limit).await {
+        let page = self.timeline.sync(&caller(u, d), &cursor, limit).await;
+        self.take_page(u, d, limit, page)
+    }
+
+    /// Checks and applies one page a device got; returns whether it should call again.
+    fn take_page(
+        &mut self,
+        u: usize,
+        d: usize,
+        limit: u32,
+        page: super::TimelineResult<super::SyncPage>,
+    ) -> Result<bool, TestCaseError> {
+        let page = match page {
             Ok(page) => page,
             // A fault elsewhere cannot fail a sync here (none is armed), but keep it honest.
             Err(e) => return Err(TestCaseError::fail(format!("sync failed: {e}"))),
@@ -330,6 +359,18 @@ impl World {
             )
             .await;
         self.plan.disarm();
+        self.take_send(sender, conversation_id, client_msg_id, first, result)
+    }
+
+    /// Records what one send attempt (first tried at step `first`) answered.
+    fn take_send(
+        &mut self,
+        sender: usize,
+        conversation_id: String,
+        client_msg_id: String,
+        first: usize,
+        result: super::TimelineResult<MessageRow>,
+    ) -> Check {
         self.last_sent_to.insert(conversation_id.clone());
         self.last_client_id[sender] = Some((conversation_id.clone(), client_msg_id.clone()));
         if let Ok(message) = result {
@@ -411,6 +452,18 @@ impl World {
                     .await
                     .expect("switch");
             }
+            Op::SwitchAmidTraffic {
+                group,
+                hot,
+                at,
+                sender,
+                reader,
+                device,
+                limit,
+            } => {
+                self.switch_amid_traffic(group, hot, at, (sender, reader, device, limit))
+                    .await?;
+            }
             Op::Sync {
                 user: u,
                 device,
@@ -434,6 +487,63 @@ impl World {
                 at: 0,
                 kind: FaultKind::ResetCache,
             })),
+        }
+        Ok(())
+    }
+
+    /// Switches `group` with a send (by `sender`) and then a sync (by `reader`'s `device`)
+    /// interleaved just before the switch's `at`-th operation.
+    async fn switch_amid_traffic(
+        &mut self,
+        group: usize,
+        hot: bool,
+        at: usize,
+        (sender, reader, device, limit): (usize, usize, usize, u32),
+    ) -> Check {
+        let mode = if hot {
+            DeliveryMode::Hot
+        } else {
+            DeliveryMode::Fanout
+        };
+        self.sends += 1;
+        let client_msg_id = format!("c{}", self.sends);
+        let first = *self
+            .first_attempt
+            .entry((sender, client_msg_id.clone()))
+            .or_insert(self.step);
+        type Seen = (
+            super::TimelineResult<MessageRow>,
+            super::TimelineResult<super::SyncPage>,
+        );
+        let seen: Arc<std::sync::Mutex<Option<Seen>>> = Arc::default();
+        let (timeline, out, cursor) = (
+            self.timeline.clone(),
+            seen.clone(),
+            self.devices[reader][device].cursor.clone(),
+        );
+        let request = SendMessage {
+            conversation_id: GROUPS[group].into(),
+            client_msg_id: client_msg_id.clone(),
+            content_type: String::new(),
+            body: Bytes::from(client_msg_id.clone()),
+        };
+        self.plan.interleave(
+            at,
+            Box::new(move || {
+                Box::pin(async move {
+                    let sent = timeline.send(&caller(sender, 0), request).await;
+                    let page = timeline.sync(&caller(reader, device), &cursor, limit).await;
+                    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some((sent, page));
+                })
+            }),
+        );
+        let switched = self.timeline.switch_mode(GROUPS[group], mode, false).await;
+        self.plan.disarm();
+        switched.map_err(|e| TestCaseError::fail(format!("switch failed: {e}")))?;
+        let interleaved = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((sent, page)) = interleaved {
+            self.take_send(sender, GROUPS[group].into(), client_msg_id, first, sent)?;
+            self.take_page(reader, device, limit, page)?;
         }
         Ok(())
     }
@@ -677,6 +787,7 @@ fn broken_pipelines_are_caught() {
         Broken::MergeWithoutDedupe,
         Broken::GapsSkippedNotFilled,
         Broken::SendWithoutOutbox,
+        Broken::SwitchWithoutFence,
     ] {
         let mut runner = runner(1000);
         let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
