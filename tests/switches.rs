@@ -8,7 +8,8 @@
 //!
 //! The normal test run does a short round per cache. The long form, as the README describes:
 //!
-//!   SWITCH_TEST_SECS=20 SWITCH_TEST_RUNS=20 cargo test --release --test switches -- --nocapture
+//!   SWITCH_TEST_SECS=20 SWITCH_TEST_RUNS=20 cargo test --release --test switches -- \
+//!     --nocapture --test-threads 1
 
 mod support;
 
