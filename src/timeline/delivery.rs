@@ -214,6 +214,29 @@ impl Timeline {
         Ok(users.into_iter().zip(seqs).collect())
     }
 
+    /// Delivers a hot message: the window append, the sender's read position, and clearing
+    /// its outbox entry when one was written.
+    pub(crate) async fn deliver_hot(
+        &self,
+        message: &MessageRow,
+        clear_outbox: bool,
+    ) -> TimelineResult<()> {
+        self.append_hot(message).await?;
+        self.store
+            .advance_read_seq(
+                &message.sender_id,
+                &message.conversation_id,
+                message.conv_seq,
+            )
+            .await?;
+        if clear_outbox {
+            self.store
+                .delete_pending(pending_shard(message.message_id), message.message_id)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Completes an outbox entry: fans the message out or — when its seq is hot (the sender
     /// wrote the entry on a stale hint and stopped before delivering) — appends it to the
     /// window and clears the entry, so a hot seq never gets inbox rows. The conversation is
@@ -229,17 +252,7 @@ impl Timeline {
             .await?
             .is_some_and(|c| c.mode_at(message.conv_seq) == DeliveryMode::Hot);
         if hot {
-            self.append_hot(message).await?;
-            self.store
-                .advance_read_seq(
-                    &message.sender_id,
-                    &message.conversation_id,
-                    message.conv_seq,
-                )
-                .await?;
-            self.store
-                .delete_pending(entry.shard, entry.message_id)
-                .await?;
+            self.deliver_hot(message, true).await?;
         } else {
             self.fan_out(message, self.still_valid(entry)).await?;
         }

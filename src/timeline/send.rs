@@ -212,19 +212,7 @@ impl Timeline {
                 self.fan_out(message, &[]).await? as u64
             }
             DeliveryMode::Hot => {
-                self.append_hot(message).await?;
-                self.store
-                    .advance_read_seq(
-                        &message.sender_id,
-                        &message.conversation_id,
-                        message.conv_seq,
-                    )
-                    .await?;
-                if outbox_written {
-                    self.store
-                        .delete_pending(pending_shard(message.message_id), message.message_id)
-                        .await?;
-                }
+                self.deliver_hot(message, outbox_written).await?;
                 ::metrics::counter!(metrics::MESSAGES_SENT, "mode" => "hot").increment(1);
                 u64::from(conversation.member_count)
             }
