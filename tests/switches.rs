@@ -232,19 +232,6 @@ async fn round(cache: Arc<dyn Cache>, run_for: Duration, flip_every: Duration) -
     t.sweep_abandoned().await.expect("sweep");
 
     let acked = acked.lock().await.clone();
-    if let Ok(Some(c)) = t
-        .get_conversation(&caller(READERS[0]), GROUP)
-        .await
-        .map(|v| Some(v.conversation))
-    {
-        eprintln!(
-            "spans: {:?}",
-            c.mode_spans
-                .iter()
-                .map(|s| (s.since_seq, s.mode))
-                .collect::<Vec<_>>()
-        );
-    }
     let mut outcome = Outcome {
         acked: acked.len(),
         switches,
