@@ -89,6 +89,9 @@ async fn round(cache: Arc<dyn Cache>, run_for: Duration, flip_every: Duration) -
         cache,
         Limits {
             recovery_age: Duration::from_secs(1),
+            // Readers trail fast writers by more than the default 10,000 rows: retention by
+            // count (a rule of its own, tested apart) would expire their cursors.
+            inbox_max_rows: u64::MAX,
             ..Limits::default()
         },
         Arc::new(SystemClock),
