@@ -40,9 +40,10 @@ pub struct ModeSpan {
     pub mode: DeliveryMode,
 }
 
-/// Most mode spans a conversation keeps; older ones are dropped (a reader whose position is that
-/// far behind in a conversation that switched that often reads it from the inbox only).
-pub const MAX_MODE_SPANS: usize = 64;
+/// Most mode spans a conversation keeps (about 1.2 KiB embedded, 5 KiB on ScyllaDB); older ones
+/// are dropped, and a reader whose position lies behind the oldest one kept reads the dropped
+/// spans as fan-out (so it misses their hot messages): see the README's known limits.
+pub const MAX_MODE_SPANS: usize = 256;
 
 /// `conversations`, partition key `conversation_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
