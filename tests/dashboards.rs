@@ -220,7 +220,9 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let redis = server.redis.as_ref().expect("redis");
     redis.pause().expect("pause redis");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Long enough that the traffic loop reaches a send while Redis is stopped: a Sync caught
+    // in the stall waits out several 500 ms Cache timeouts before falling back to the Store.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     redis.resume().expect("resume redis");
 
     // Enough scrapes since the stall's failures for rate() over the panels' window.
