@@ -53,8 +53,7 @@ impl ScyllaOptions {
             password: env("SCYLLA_PASSWORD"),
             replication_factor: parsed("SCYLLA_RF", "a number").unwrap_or(1),
             bucket_size,
-            inbox_ttl: Duration::from_secs(14 * 86_400),
-            idempotency_ttl: Duration::from_secs(86_400),
+            ..Self::default()
         }
     }
 }

@@ -180,7 +180,8 @@ fn is_transient(e: &RedisError) -> bool {
 }
 
 fn to_cache_error(e: RedisError) -> CacheError {
-    if e.code() == Some("FENCED") || e.to_string().contains("FENCED") {
+    // The scripts answer `redis.error_reply('FENCED')`, which Redis sends as `ERR FENCED`.
+    if e.code() == Some("FENCED") || e.detail() == Some("FENCED") {
         CacheError::Fenced(e.to_string())
     } else if is_transient(&e) {
         unavailable(e)

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use super::*;
 
 #[test]
@@ -33,18 +31,8 @@ fn consistency_and_keyspace_names_are_validated() {
 
 fn options() -> ScyllaOptions {
     ScyllaOptions {
-        nodes: vec!["127.0.0.1:9042".into()],
         keyspace: "chat_prod".parse().expect("a valid name"),
-        local_dc: String::new(),
-        consistency: Consistency::LocalQuorum,
-        request_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(5),
-        username: None,
-        password: None,
-        replication_factor: 3,
-        bucket_size: 4096,
-        inbox_ttl: Duration::from_secs(14 * 86400),
-        idempotency_ttl: Duration::from_secs(86400),
+        ..ScyllaOptions::default()
     }
 }
 
