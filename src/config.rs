@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::redis::RedisOptions;
+use crate::push::PushOptions;
 use crate::store::embedded::{Durability, EmbeddedOptions};
 use crate::store::scylla::ScyllaOptions;
 use crate::timeline::Limits;
@@ -89,6 +90,8 @@ pub struct Config {
     pub redis: RedisOptions,
     #[serde(default)]
     pub scylla: ScyllaOptions,
+    #[serde(default)]
+    pub push: PushOptions,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             embedded: EmbeddedSection::default(),
             redis: RedisOptions::default(),
             scylla: ScyllaOptions::default(),
+            push: PushOptions::default(),
         }
     }
 }
@@ -124,7 +128,7 @@ fn env_key(name: &str, limit_keys: &[String]) -> String {
     if name.contains("__") {
         return name.replace("__", ".");
     }
-    for section in ["redis", "scylla"] {
+    for section in ["redis", "scylla", "push"] {
         if let Some(key) = name.strip_prefix(section).and_then(|k| k.strip_prefix('_')) {
             return format!("{section}.{key}");
         }
@@ -178,6 +182,7 @@ impl Config {
         }
         self.limits.validate().map_err(invalid)?;
         self.redis.validate().map_err(invalid)?;
+        self.push.validate().map_err(invalid)?;
         if self.store == StoreKind::Scylla {
             self.scylla.validate().map_err(invalid)?;
         }

@@ -29,6 +29,7 @@ mod method_list;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod push;
 pub mod server;
 pub mod store;
 #[cfg(feature = "testkit")]

@@ -31,6 +31,15 @@ pub const CACHE_OP_ERRORS: &str = "timeline_cache_operation_errors_total";
 pub const CACHE_FALLBACKS: &str = "timeline_cache_fallbacks_total";
 pub const CACHE_ROUND_TRIPS: &str = "timeline_cache_round_trips_total";
 pub const BUILD_INFO: &str = "timeline_build_info";
+pub const PUSH_STREAMS_OPEN: &str = "timeline_push_streams_open";
+pub const PUSH_EVENTS: &str = "timeline_push_events_total";
+pub const PUSH_MESSAGES: &str = "timeline_push_messages_total";
+pub const PUSH_WAKEUPS: &str = "timeline_push_wakeups_total";
+pub const PUSH_LATENCY: &str = "timeline_push_latency_seconds";
+pub const PUSH_ONLINE_DEVICES: &str = "timeline_push_online_devices";
+pub const PUSH_STREAMS_ENDED: &str = "timeline_push_streams_ended_total";
+pub const PUSH_HINTS_PUBLISHED: &str = "timeline_push_hints_published_total";
+pub const PUBSUB_RECONNECTS: &str = "timeline_pubsub_reconnects_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -69,6 +78,10 @@ pub fn init() -> PrometheusHandle {
             describe();
             register_known_series();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            for transport in ["grpc", "websocket"] {
+                gauge!(PUSH_STREAMS_OPEN, "transport" => transport).increment(0.0);
+            }
+            gauge!(PUSH_ONLINE_DEVICES).increment(0.0);
             handle
         })
         .clone()
@@ -156,6 +169,40 @@ fn describe() {
         "Round trips to the Cache server (a pipeline counts once), by backend."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_gauge!(
+        PUSH_STREAMS_OPEN,
+        "Push streams open on this node, by transport."
+    );
+    describe_counter!(
+        PUSH_EVENTS,
+        "Events written to push streams, by kind (batch, heartbeat, typing)."
+    );
+    describe_counter!(PUSH_MESSAGES, "Messages written to push streams.");
+    describe_counter!(
+        PUSH_WAKEUPS,
+        "Push stream wake-ups, by outcome: synced, or coalesced into a pending hot re-sync."
+    );
+    describe_histogram!(
+        PUSH_LATENCY,
+        metrics::Unit::Seconds,
+        "From a message's durable write to its event written to a live push stream."
+    );
+    describe_gauge!(
+        PUSH_ONLINE_DEVICES,
+        "Devices with a push stream open on this node."
+    );
+    describe_counter!(
+        PUSH_STREAMS_ENDED,
+        "Push streams ended, by reason (client, expired, slow, shutdown, error)."
+    );
+    describe_counter!(
+        PUSH_HINTS_PUBLISHED,
+        "Push hints published, by kind (user, conversation, typing, dropped)."
+    );
+    describe_counter!(
+        PUBSUB_RECONNECTS,
+        "Times the node's pub/sub subscriber lost its connection and came back."
+    );
 }
 
 /// Counters of rare events exist from the start at 0 (for every label value the code uses),
@@ -169,10 +216,24 @@ fn register_known_series() {
         IDEMPOTENT_REPLAYS,
         SEQUENCER_RESEEDS,
         INBOX_ROWS_WRITTEN,
+        PUSH_MESSAGES,
+        PUBSUB_RECONNECTS,
     ] {
         counter!(name).increment(0);
     }
-    let labelled: [(&str, &str, &[&str]); 7] = [
+    let labelled: [(&str, &str, &[&str]); 11] = [
+        (PUSH_EVENTS, "kind", &["batch", "heartbeat", "typing"]),
+        (PUSH_WAKEUPS, "outcome", &["synced", "coalesced"]),
+        (
+            PUSH_STREAMS_ENDED,
+            "reason",
+            &["client", "expired", "slow", "shutdown", "error"],
+        ),
+        (
+            PUSH_HINTS_PUBLISHED,
+            "kind",
+            &["user", "conversation", "typing", "dropped"],
+        ),
         (MESSAGES_SENT, "mode", &["fanout", "hot"]),
         (RECOVERY_REDRIVES, "trigger", &["recovery", "retry"]),
         (HOLES_FILLED, "found_by", &["sync", "history", "sweeper"]),

@@ -14,6 +14,7 @@ use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, CacheError};
 use crate::config::{CacheKind, Config, ConfigError, StoreKind};
 use crate::metrics;
+use crate::push::Hub;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::metered::MeteredStore;
 use crate::store::scylla::ScyllaStore;
@@ -37,6 +38,7 @@ pub enum ServerError {
 pub struct Node {
     pub timeline: Arc<Timeline>,
     pub auth: Arc<Authenticator>,
+    pub push: Arc<Hub>,
     pub metrics: PrometheusHandle,
 }
 
@@ -62,15 +64,24 @@ impl Node {
             CacheKind::Local => Arc::new(LocalCache::new()),
             CacheKind::Redis => Arc::new(RedisCache::connect(config.redis_options())?),
         };
+        let cache = MeteredCache::wrap(cache);
         let timeline = Timeline::new(
             MeteredStore::wrap(store),
-            MeteredCache::wrap(cache),
+            cache.clone(),
             config.limits(),
             Arc::new(SystemClock),
         );
+        let push = Hub::start(
+            timeline.clone(),
+            cache,
+            config.push.clone(),
+            config.node_id.to_string(),
+        )
+        .await?;
         Ok(Self {
             timeline,
             auth: Arc::new(Authenticator::new(&secret)),
+            push,
             metrics,
         })
     }
@@ -90,6 +101,7 @@ impl Node {
             listener,
             self.timeline.clone(),
             self.auth.clone(),
+            self.push.clone(),
             self.metrics.clone(),
             shutdown,
         )

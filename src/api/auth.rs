@@ -73,12 +73,23 @@ impl Authenticator {
 
     /// The caller named by a valid `authorization` header value; UNAUTHENTICATED otherwise.
     pub fn verify(&self, header: Option<&str>) -> Result<Caller, Status> {
+        self.verify_header(header).map(|(caller, _)| caller)
+    }
+
+    /// Like [`Authenticator::verify`], with the token's expiry (Unix seconds): a stream ends
+    /// then unless refreshed.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<(Caller, u64), Status> {
         let header =
             header.ok_or_else(|| Status::unauthenticated("missing authorization header"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
+        self.verify_token(token)
+    }
+
+    /// A bare token (no `Bearer `): the caller and the expiry (Unix seconds).
+    pub fn verify_token(&self, token: &str) -> Result<(Caller, u64), Status> {
         let data = decode::<Claims>(token.trim(), &self.decoding, &self.validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -91,11 +102,14 @@ impl Authenticator {
         validate_user_id("token sub", &claims.sub)
             .and_then(|()| validate_user_id("token did", &claims.did))
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        Ok(Caller {
-            user_id: claims.sub,
-            device_id: claims.did,
-            admin: claims.adm,
-        })
+        Ok((
+            Caller {
+                user_id: claims.sub,
+                device_id: claims.did,
+                admin: claims.adm,
+            },
+            claims.exp,
+        ))
     }
 }
 

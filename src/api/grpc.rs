@@ -2,28 +2,38 @@
 //! The HTTP POST surface calls these same methods, so each RPC exists once.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tonic::{Request, Response, Status};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Authenticator;
-use super::convert;
 use super::status::code_name;
+use super::{convert, stream};
 use crate::metrics::record_request;
 use crate::model::{ConversationKind, DeliveryMode};
 use crate::proto::{self, timeline_service_server::TimelineService};
+use crate::push::{Hub, TypingOutcome};
 use crate::timeline::{Caller, CreateConversation, SendMessage, Timeline};
 
 #[derive(Clone)]
 pub struct TimelineApi {
     pub timeline: Arc<Timeline>,
     pub auth: Arc<Authenticator>,
+    pub push: Arc<Hub>,
 }
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 
 impl TimelineApi {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.caller_and_expiry(request).map(|(caller, _)| caller)
+    }
+
+    fn caller_and_expiry<T>(&self, request: &Request<T>) -> Result<(Caller, u64), Status> {
         let header = request
             .metadata()
             .get("authorization")
@@ -32,7 +42,44 @@ impl TimelineApi {
                     .map_err(|_| Status::unauthenticated("authorization is not ASCII"))
             })
             .transpose()?;
-        self.auth.verify(header)
+        self.auth.verify_header(header)
+    }
+
+    /// Authenticates, reads the opening frame, opens the stream, and forwards the client's
+    /// later frames to it.
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<proto::ClientFrame>>,
+    ) -> Result<EventStream, Status> {
+        let (caller, expires_at_s) = self.caller_and_expiry(&request)?;
+        let mut frames = request.into_inner();
+        let first = frames.message().await?;
+        let open = stream::open_request(
+            caller.clone(),
+            expires_at_s,
+            first,
+            crate::push::Transport::Grpc,
+        )?;
+        let (events, control) = self.push.open(open).await.map_err(stream::limit_status)?;
+        let auth = self.auth.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = match frames.message().await {
+                    Ok(Some(frame)) => stream::control(&auth, &caller, frame),
+                    // Half-closed: the stream goes on without client frames.
+                    Ok(None) => return,
+                    Err(status) => stream::malformed(status.message()),
+                };
+                if control.send(next).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let events = tokio_stream_of(events).map(|item| match item {
+            Ok(event) => Ok(stream::event(event)),
+            Err(end) => Err(stream::end_status(end)),
+        });
+        Ok(Box::pin(events))
     }
 
     /// Authenticates, runs `body`, and records the RPC's latency and status code.
@@ -82,8 +129,69 @@ fn delivery_mode(raw: i32) -> Result<Option<DeliveryMode>, Status> {
     }
 }
 
+/// A receiver as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(
+        receiver,
+        |mut r| async move { r.recv().await.map(|x| (x, r)) },
+    )
+}
+
 #[tonic::async_trait]
 impl TimelineService for TimelineApi {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<proto::ClientFrame>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let started = Instant::now();
+        let opened = self.open_stream(request).await;
+        let code = match &opened {
+            Ok(_) => "OK",
+            Err(status) => code_name(status.code()),
+        };
+        // The latency of opening it; how it ends is counted by the push metrics.
+        record_request("Subscribe", code, started.elapsed());
+        opened.map(Response::new)
+    }
+
+    async fn send_typing(
+        &self,
+        request: Request<proto::SendTypingRequest>,
+    ) -> Result<Response<proto::SendTypingResponse>, Status> {
+        self.handle("SendTyping", request, |caller, req| async move {
+            let outcome = self.push.send_typing(&caller, &req.conversation_id).await?;
+            Ok(proto::SendTypingResponse {
+                sent: outcome == TypingOutcome::Sent,
+            })
+        })
+        .await
+    }
+
+    async fn get_presence(
+        &self,
+        request: Request<proto::GetPresenceRequest>,
+    ) -> Result<Response<proto::GetPresenceResponse>, Status> {
+        self.handle("GetPresence", request, |caller, req| async move {
+            let users = self.push.presence(&caller, &req.user_ids).await?;
+            Ok(proto::GetPresenceResponse {
+                users: users
+                    .into_iter()
+                    .map(|p| proto::UserPresence {
+                        online: !p.devices.is_empty(),
+                        user_id: p.user_id,
+                        device_ids: p.devices,
+                        last_seen_ms: p.last_seen_ms,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
     async fn create_conversation(
         &self,
         request: Request<proto::CreateConversationRequest>,

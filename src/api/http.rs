@@ -156,8 +156,11 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         "/v1/MarkRead" => mark_read,
         "/v1/SetConversationMode" => set_conversation_mode,
         "/v1/Ping" => ping,
+        "/v1/SendTyping" => send_typing,
+        "/v1/GetPresence" => get_presence,
     );
     routes
+        .route("/v1/stream", get(super::websocket::upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route(

@@ -6,6 +6,8 @@ mod grpc;
 mod http;
 mod secret;
 pub mod status;
+mod stream;
+mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub use grpc::TimelineApi;
 pub use secret::{SECRET_FILE, SecretError, resolve_jwt_secret};
 
 use crate::proto::timeline_service_server::TimelineServiceServer;
+use crate::push::Hub;
 use crate::timeline::Timeline;
 
 /// Serves gRPC and HTTP on `listener` until `shutdown` completes.
@@ -26,11 +29,16 @@ pub async fn serve(
     listener: TcpListener,
     timeline: Arc<Timeline>,
     auth: Arc<Authenticator>,
+    push: Arc<Hub>,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max_body = timeline.limits().max_body_bytes;
-    let api = TimelineApi { timeline, auth };
+    let api = TimelineApi {
+        timeline,
+        auth,
+        push: push.clone(),
+    };
     let grpc = TimelineServiceServer::new(api.clone())
         .max_decoding_message_size(max_body + 64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -41,7 +49,12 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // At shutdown, streams end first (telling clients to reconnect elsewhere): neither axum
+    // nor tonic waits for them, and an open stream would hold the graceful shutdown forever.
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            push.shut_down().await;
+        })
         .await
 }

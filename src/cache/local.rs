@@ -1,21 +1,85 @@
 //! The in-process `Cache`: the default for one node. Its state dies with the process, which the
 //! pipeline handles exactly like a Redis restart without persistence.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use super::*;
 
-/// Payloads a slow local subscriber may fall behind by before it loses the oldest.
-const CHANNEL_CAPACITY: usize = 1024;
+/// Payloads a slow local subscriber may have unread before newer ones are dropped.
+const CHANNEL_CAPACITY: usize = 4096;
 
 pub struct LocalCache {
     state: Mutex<State>,
+    /// Subscribers are connections, not state: they survive `lose_state`.
+    pubsub: Arc<Mutex<PubSub>>,
+}
+
+/// The in-process pub/sub: subscribers by id, and the channels each holds.
+#[derive(Default)]
+struct PubSub {
+    next_id: u64,
+    subscribers: HashMap<u64, mpsc::Sender<PubSubEvent>>,
+    channels: HashMap<String, HashSet<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every operation leaves the maps consistent before it can panic (single inserts and
+    // lookups), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One local subscriber's channels.
+struct LocalControl {
+    pubsub: Arc<Mutex<PubSub>>,
+    id: u64,
+}
+
+#[async_trait]
+impl SubscriberControl for LocalControl {
+    async fn subscribe(&self, channels: &[String]) -> CacheResult<()> {
+        let mut pubsub = lock(&self.pubsub);
+        for channel in channels {
+            pubsub
+                .channels
+                .entry(channel.clone())
+                .or_default()
+                .insert(self.id);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channels: &[String]) -> CacheResult<()> {
+        let mut pubsub = lock(&self.pubsub);
+        for channel in channels {
+            if let Some(ids) = pubsub.channels.get_mut(channel) {
+                ids.remove(&self.id);
+                if ids.is_empty() {
+                    pubsub.channels.remove(channel);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops a subscriber's channels when its event stream is dropped.
+struct Unsubscribe(Arc<Mutex<PubSub>>, u64);
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let mut pubsub = lock(&self.0);
+        pubsub.subscribers.remove(&self.1);
+        pubsub.channels.retain(|_, ids| {
+            ids.remove(&self.1);
+            !ids.is_empty()
+        });
+    }
 }
 
 #[derive(Default)]
@@ -32,7 +96,8 @@ struct State {
     verified: HashMap<String, u64>,
     /// user -> device -> (node, expiry).
     presence: HashMap<String, HashMap<String, (String, Instant)>>,
-    channels: HashMap<String, broadcast::Sender<Bytes>>,
+    /// user -> last refresh or close of any device (ms).
+    last_seen: HashMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -47,26 +112,21 @@ impl LocalCache {
     pub fn new() -> Self {
         let cache = Self {
             state: Mutex::new(State::default()),
+            pubsub: Arc::default(),
         };
         cache.state().epoch = new_epoch();
         cache
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // Every operation leaves the maps consistent before it can panic (single inserts and
-        // lookups), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Loses every piece of state, as a Redis restart without persistence or a FLUSHALL does
     /// (fault injection and tests).
     pub fn lose_state(&self) {
-        let mut state = self.state();
-        // Subscriptions are connections, not state: they survive, as Redis clients resubscribe.
-        let channels = std::mem::take(&mut state.channels);
-        *state = State {
+        *self.state() = State {
             epoch: new_epoch(),
-            channels,
             ..State::default()
         };
     }
@@ -309,6 +369,7 @@ impl Cache for LocalCache {
     ) -> CacheResult<()> {
         let now = Instant::now();
         let mut state = self.state();
+        state.last_seen.insert(user_id.to_owned(), wall_ms());
         let devices = state.presence.entry(user_id.to_owned()).or_default();
         devices.retain(|_, (_, expires)| *expires > now);
         devices.insert(device_id.to_owned(), (node.to_owned(), now + ttl));
@@ -317,6 +378,7 @@ impl Cache for LocalCache {
 
     async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> {
         let mut state = self.state();
+        state.last_seen.insert(user_id.to_owned(), wall_ms());
         if let Some(devices) = state.presence.get_mut(user_id) {
             devices.remove(device_id);
             if devices.is_empty() {
@@ -326,13 +388,13 @@ impl Cache for LocalCache {
         Ok(())
     }
 
-    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> {
+    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<UserPresence>> {
         let now = Instant::now();
         let state = self.state();
         Ok(user_ids
             .iter()
             .map(|u| {
-                let mut live: Vec<Presence> = state
+                let mut devices: Vec<Presence> = state
                     .presence
                     .get(u)
                     .into_iter()
@@ -343,46 +405,61 @@ impl Cache for LocalCache {
                         node: node.clone(),
                     })
                     .collect();
-                live.sort();
-                live
+                devices.sort();
+                UserPresence {
+                    devices,
+                    last_seen_ms: state.last_seen.get(u).copied().unwrap_or(0),
+                }
             })
             .collect())
     }
 
-    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> {
-        let mut state = self.state();
-        let Some(sender) = state.channels.get(channel) else {
-            return Ok(0);
-        };
-        match sender.send(payload) {
-            Ok(n) => Ok(n as u64),
-            Err(_) => {
-                // Every subscriber is gone.
-                state.channels.remove(channel);
-                Ok(0)
-            }
-        }
-    }
-
-    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription> {
-        let receiver = self
-            .state()
-            .channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .subscribe();
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(payload) => return Some((payload, receiver)),
-                    // At most once, like Redis pub/sub: a subscriber too slow loses the oldest.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+    async fn publish(&self, messages: &[(String, Bytes)]) -> CacheResult<u64> {
+        let pubsub = lock(&self.pubsub);
+        let mut received = 0;
+        for (channel, payload) in messages {
+            for id in pubsub.channels.get(channel).into_iter().flatten() {
+                if let Some(sender) = pubsub.subscribers.get(id) {
+                    received += 1;
+                    // At most once, like Redis pub/sub: a full buffer drops the payload.
+                    let _ = sender.try_send(PubSubEvent::Message {
+                        channel: channel.clone(),
+                        payload: payload.clone(),
+                    });
                 }
             }
-        });
-        Ok(stream.boxed())
+        }
+        Ok(received)
     }
+
+    async fn subscriber(&self) -> CacheResult<Subscriber> {
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let id = {
+            let mut pubsub = lock(&self.pubsub);
+            pubsub.next_id += 1;
+            let id = pubsub.next_id;
+            pubsub.subscribers.insert(id, sender);
+            id
+        };
+        let guard = Unsubscribe(self.pubsub.clone(), id);
+        let events = futures::stream::unfold((receiver, guard), |(mut r, guard)| async move {
+            r.recv().await.map(|event| (event, (r, guard)))
+        });
+        Ok(Subscriber {
+            control: Arc::new(LocalControl {
+                pubsub: self.pubsub.clone(),
+                id,
+            }),
+            events: events.boxed(),
+        })
+    }
+}
+
+/// Wall-clock milliseconds (last-seen times are wall-clock, as Redis's `TIME` is).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -45,10 +45,63 @@ pub struct Presence {
     pub node: String,
 }
 
-/// Payloads published on a channel, in publish order, from the moment `subscribe` returned.
-/// Delivery is at most once: what is published while the subscriber reconnects is lost, so
-/// publishers send hints (sync now) and never data that exists nowhere else.
-pub type Subscription = BoxStream<'static, Bytes>;
+/// A user's connected devices and when one of them was last seen connected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPresence {
+    /// Sorted by device.
+    pub devices: Vec<Presence>,
+    /// Milliseconds since the epoch (the Cache's clock) of the last refresh or close of any of
+    /// the user's devices; 0 when never seen (or forgotten with the Cache's state).
+    pub last_seen_ms: i64,
+}
+
+/// What a node's subscriber hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubSubEvent {
+    /// A payload published on a channel this subscriber holds.
+    Message { channel: String, payload: Bytes },
+    /// The subscriber's connection was lost and is back, with every channel subscribed again:
+    /// whatever was published meanwhile is lost (the listener re-syncs).
+    Reconnected,
+}
+
+/// Adds and drops channels of one subscriber connection.
+#[async_trait::async_trait]
+pub trait SubscriberControl: Send + Sync + 'static {
+    /// Subscribes to `channels` (already held ones are kept); returns once the server
+    /// confirmed, so that everything published afterwards is heard.
+    async fn subscribe(&self, channels: &[String]) -> CacheResult<()>;
+    async fn unsubscribe(&self, channels: &[String]) -> CacheResult<()>;
+}
+
+/// One node's subscriber: a single connection that carries every channel it subscribes to.
+/// Delivery is at most once: what is published while it reconnects is lost (it then yields
+/// [`PubSubEvent::Reconnected`]), so publishers send hints (sync now) and never data that
+/// exists nowhere else. Dropping `events` closes the connection.
+pub struct Subscriber {
+    pub control: std::sync::Arc<dyn SubscriberControl>,
+    pub events: BoxStream<'static, PubSubEvent>,
+}
+
+impl Subscriber {
+    /// A subscriber that hears nothing (what a dropped Cache call hands out).
+    pub fn closed() -> Self {
+        struct Nothing;
+        #[async_trait::async_trait]
+        impl SubscriberControl for Nothing {
+            async fn subscribe(&self, _: &[String]) -> CacheResult<()> {
+                Ok(())
+            }
+            async fn unsubscribe(&self, _: &[String]) -> CacheResult<()> {
+                Ok(())
+            }
+        }
+        Self {
+            control: std::sync::Arc::new(Nothing),
+            events: Box::pin(futures::stream::pending()),
+        }
+    }
+}
 
 /// Allocate `count` consecutive values of `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,16 +187,16 @@ macro_rules! with_cache_methods {
         /// Records that `device_id` of `user_id` is connected to `node`, for `ttl` from now
         /// (connections refresh it before it lapses).
         fn set_presence(&self, user_id: &str, device_id: &str, node: &str, ttl: Duration) -> CacheResult<()> = ();
-        /// Forgets a device's connection (it closed).
+        /// Forgets a device's connection (it closed) and records it as last seen now.
         fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> = ();
-        /// The connected devices of each user, in one round trip, sorted by device.
-        fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> = vec![Vec::new(); user_ids.len()];
+        /// The connected devices of each user and their last-seen time, in one round trip.
+        fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<UserPresence>> = vec![UserPresence::default(); user_ids.len()];
 
-        /// Sends `payload` to the current subscribers of `channel`; returns how many received it
-        /// (nodes, not devices).
-        fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> = 0;
-        /// Receives what is published on `channel` after this returns, until dropped.
-        fn subscribe(&self, channel: &str) -> CacheResult<Subscription> = Box::pin(futures::stream::empty());
+        /// Sends each payload to the current subscribers of its channel, all in one round trip;
+        /// returns how many subscribers received them, summed (nodes, not devices).
+        fn publish(&self, messages: &[(String, Bytes)]) -> CacheResult<u64> = 0;
+        /// Opens a subscriber: one connection for every channel it will hold. A node opens one.
+        fn subscriber(&self) -> CacheResult<Subscriber> = Subscriber::closed();
         }
     };
 }

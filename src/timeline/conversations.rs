@@ -353,6 +353,8 @@ impl Timeline {
             )
             .await?;
         self.backfill(id, &new_users, joined_seq).await?;
+        // A hot conversation's joiners' streams learn of it by re-syncing.
+        self.notify(|l| l.memberships_changed(id, &new_users));
         let conversation = self.refresh_member_count(conversation).await?;
         self.maybe_switch(&conversation, self.current_rate(id))
             .await?;
@@ -426,6 +428,7 @@ impl Timeline {
             self.store.delete_member(id, user).await?;
             self.store.delete_user_conversation(user, id).await?;
         }
+        self.notify(|l| l.memberships_changed(id, &targets));
         let conversation = if targets.is_empty() {
             conversation
         } else {

@@ -79,6 +79,7 @@ impl Timeline {
                 self.clock.now_ms(),
             )
             .await?;
+        self.notify(|l| l.appended_hot(message));
         Ok(())
     }
 
@@ -168,6 +169,10 @@ impl Timeline {
             })
             .await?;
         ::metrics::counter!(metrics::INBOX_ROWS_WRITTEN).increment(allocation.len() as u64);
+        self.notify(|l| {
+            let users: Vec<&str> = allocation.iter().map(|(u, _)| u.as_str()).collect();
+            l.fanned_out(message, &users);
+        });
         for (user, seq) in allocation {
             if let Some(bucket) =
                 droppable_bucket(*seq, self.limits.bucket_size, self.limits.inbox_max_rows)

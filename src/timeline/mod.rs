@@ -5,6 +5,7 @@
 //! backends run exactly this code.
 
 // The operations, each calling only down into the shared parts below.
+mod audience;
 mod conversation_list;
 mod conversations;
 mod history;
@@ -17,6 +18,7 @@ mod delivery;
 mod error;
 pub mod ids;
 mod limits;
+mod listener;
 mod reads;
 mod repair;
 mod sequencer;
@@ -24,9 +26,10 @@ mod sequencer;
 #[cfg(test)]
 mod property_tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use audience::{Audience, MAX_PRESENCE_USERS};
 pub use conversation_list::{ConversationView, ListPage, Summary};
 pub use conversations::CreateConversation;
 pub use cursor::Cursor;
@@ -34,6 +37,7 @@ pub use error::{TimelineError, TimelineResult};
 pub use history::HistoryPage;
 pub(crate) use limits::Broken;
 pub use limits::Limits;
+pub use listener::DeliveryListener;
 pub use send::SendMessage;
 pub use sync::SyncPage;
 
@@ -72,6 +76,8 @@ pub struct Timeline {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: ids::Snowflake,
     pub(crate) fanout_rates: mode::RateTracker,
+    /// Told of every delivery (push wakes streams with it); set once, by the node.
+    listener: OnceLock<Arc<dyn DeliveryListener>>,
 }
 
 impl Timeline {
@@ -86,9 +92,22 @@ impl Timeline {
             cache,
             ids: ids::Snowflake::new(limits.node_id),
             fanout_rates: mode::RateTracker::default(),
+            listener: OnceLock::new(),
             limits,
             clock,
         })
+    }
+
+    /// Sets the listener told of every delivery; a second call is ignored (returns false).
+    pub fn set_listener(&self, listener: Arc<dyn DeliveryListener>) -> bool {
+        self.listener.set(listener).is_ok()
+    }
+
+    /// Tells the listener, if there is one.
+    pub(crate) fn notify(&self, tell: impl FnOnce(&dyn DeliveryListener)) {
+        if let Some(listener) = self.listener.get() {
+            tell(listener.as_ref());
+        }
     }
 
     pub fn limits(&self) -> &Limits {

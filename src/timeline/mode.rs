@@ -193,7 +193,9 @@ impl Timeline {
         };
         let since = spans.last().map_or(1, |s| s.since_seq);
         if mode == DeliveryMode::Hot {
-            self.flag_members_hot(conversation_id).await?;
+            let members = self.flag_members_hot(conversation_id).await?;
+            // Their streams re-sync and start listening to the conversation.
+            self.notify(|l| l.memberships_changed(conversation_id, &members));
         }
         let label = match mode {
             DeliveryMode::Hot => "hot",
@@ -242,7 +244,8 @@ impl Timeline {
         Ok(spans)
     }
 
-    async fn flag_members_hot(&self, conversation_id: &str) -> TimelineResult<()> {
+    /// Flags every member's row hot; returns the members.
+    async fn flag_members_hot(&self, conversation_id: &str) -> TimelineResult<Vec<String>> {
         let members = read_pages(
             FLAG_PAGE,
             usize::MAX,
@@ -255,12 +258,12 @@ impl Timeline {
             |_| true,
         )
         .await?;
-        for member in members {
+        for member in &members {
             self.store
                 .raise_user_conversation_mode(&member.user_id, conversation_id, DeliveryMode::Hot)
                 .await?;
         }
-        Ok(())
+        Ok(members.into_iter().map(|m| m.user_id).collect())
     }
 
     /// The broken variant's catch-up for senders that delivered a new fan-out seq the hot way:

@@ -34,6 +34,8 @@ pub struct SyncPage {
     pub has_more: bool,
     pub pending: bool,
     pub cursor_expired: bool,
+    /// The caller's conversations read as hot sources (live streams listen to them).
+    pub hot_conversations: Vec<String>,
 }
 
 struct InboxSource {
@@ -114,6 +116,7 @@ impl Timeline {
                 has_more: inbox_head > 0,
                 pending: false,
                 cursor_expired: true,
+                hot_conversations: Vec::new(),
             });
         }
 
@@ -277,6 +280,7 @@ impl Timeline {
             has_more,
             pending,
             cursor_expired: false,
+            hot_conversations: hot_ids,
         })
     }
 

@@ -266,6 +266,7 @@ pub async fn allocations_mark_conversations_active_until_verified(cache: &dyn Ca
 
 pub async fn presence_lists_live_devices_until_they_lapse(cache: &dyn Cache) {
     let users = ["alice".to_owned(), "bob".to_owned(), "carol".to_owned()];
+    let before = wall_ms();
     cache
         .set_presence("alice", "phone", "node-1", Duration::from_secs(30))
         .await
@@ -287,62 +288,148 @@ pub async fn presence_lists_live_devices_until_they_lapse(cache: &dyn Cache) {
         device_id: d.into(),
         node: n.into(),
     };
+    let devices = |all: &[UserPresence]| -> Vec<Vec<Presence>> {
+        all.iter().map(|u| u.devices.clone()).collect()
+    };
+    let now = cache.presence(&users).await.unwrap();
     assert_eq!(
-        cache.presence(&users).await.unwrap(),
+        devices(&now),
         vec![
             vec![p("laptop", "node-2"), p("phone", "node-1")],
             vec![p("phone", "node-3")],
             vec![],
         ]
     );
+    // Last seen by the Cache's clock (Redis's TIME): allow for clock steps of a second.
+    assert!(now[0].last_seen_ms >= before - 1000 && now[0].last_seen_ms <= wall_ms() + 1000);
+    assert_eq!(now[2].last_seen_ms, 0, "carol was never seen");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen_before_leaving = cache.presence(&users).await.unwrap()[1].last_seen_ms;
     cache.clear_presence("bob", "phone").await.unwrap();
+    let later = cache.presence(&users).await.unwrap();
     assert_eq!(
-        cache.presence(&users).await.unwrap(),
+        devices(&later),
         vec![vec![p("phone", "node-1")], vec![], vec![]],
         "the laptop lapsed, bob's phone left"
     );
+    assert!(
+        later[1].last_seen_ms >= seen_before_leaving + 250,
+        "leaving counts as last seen: {} after {seen_before_leaving}",
+        later[1].last_seen_ms
+    );
     assert_eq!(
         cache.presence(&[]).await.unwrap(),
-        Vec::<Vec<Presence>>::new()
+        Vec::<UserPresence>::new()
     );
 }
 
-pub async fn published_payloads_reach_every_subscriber_in_order(cache: &dyn Cache) {
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn next_message(
+    events: &mut futures::stream::BoxStream<'static, PubSubEvent>,
+) -> (String, Bytes) {
     use futures::StreamExt;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event in time")
+            .expect("the subscriber is open");
+        if let PubSubEvent::Message { channel, payload } = event {
+            return (channel, payload);
+        }
+    }
+}
+
+pub async fn one_subscriber_carries_every_channel_and_publishes_batch(cache: &dyn Cache) {
+    use futures::StreamExt;
+    let msg = |c: &str, p: Vec<u8>| (c.to_owned(), Bytes::from(p));
     assert_eq!(
-        cache.publish("node-1", Bytes::from("lost")).await.unwrap(),
+        cache
+            .publish(&[msg("u:alice", b"lost".to_vec())])
+            .await
+            .unwrap(),
         0,
         "nobody listens yet"
     );
-    let mut first = cache.subscribe("node-1").await.unwrap();
-    let mut second = cache.subscribe("node-1").await.unwrap();
-    let mut other = cache.subscribe("node-2").await.unwrap();
+    let mut first = cache.subscriber().await.unwrap();
+    let mut second = cache.subscriber().await.unwrap();
+    let channels = |names: &[&str]| names.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    first
+        .control
+        .subscribe(&channels(&["u:alice", "u:bob", "c:g:hot"]))
+        .await
+        .unwrap();
+    second
+        .control
+        .subscribe(&channels(&["u:alice"]))
+        .await
+        .unwrap();
+    // Subscribing twice holds the channel once.
+    first
+        .control
+        .subscribe(&channels(&["u:alice"]))
+        .await
+        .unwrap();
     for i in 0..20u8 {
+        let batch = [
+            msg("u:alice", vec![i, 0, 255]),
+            msg("u:bob", vec![i, 1]),
+            msg("c:g:hot", vec![i, 2]),
+            msg("u:nobody", vec![i, 3]),
+        ];
         assert_eq!(
-            cache
-                .publish("node-1", Bytes::from(vec![i, 0, 255]))
-                .await
-                .unwrap(),
-            2
+            cache.publish(&batch).await.unwrap(),
+            4,
+            "alice twice, bob, hot"
         );
     }
-    for sub in [&mut first, &mut second] {
-        for i in 0..20u8 {
-            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                .await
-                .expect("payload in time");
-            assert_eq!(got, Some(Bytes::from(vec![i, 0, 255])));
-        }
+    for i in 0..20u8 {
+        assert_eq!(
+            next_message(&mut first.events).await,
+            ("u:alice".to_owned(), Bytes::from(vec![i, 0, 255]))
+        );
+        assert_eq!(
+            next_message(&mut first.events).await,
+            ("u:bob".to_owned(), Bytes::from(vec![i, 1]))
+        );
+        assert_eq!(
+            next_message(&mut first.events).await,
+            ("c:g:hot".to_owned(), Bytes::from(vec![i, 2]))
+        );
+        assert_eq!(
+            next_message(&mut second.events).await,
+            ("u:alice".to_owned(), Bytes::from(vec![i, 0, 255]))
+        );
     }
-    let nothing = tokio::time::timeout(Duration::from_millis(100), other.next()).await;
-    assert!(nothing.is_err(), "another channel hears nothing");
+    let nothing = tokio::time::timeout(Duration::from_millis(100), second.events.next()).await;
+    assert!(
+        nothing.is_err(),
+        "another channel's payloads do not reach it"
+    );
+    first
+        .control
+        .unsubscribe(&channels(&["u:bob", "c:g:hot"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .publish(&[msg("u:bob", vec![9]), msg("c:g:hot", vec![9])])
+            .await
+            .unwrap(),
+        0,
+        "unsubscribed"
+    );
     drop(first);
     drop(second);
-    // Dropped subscriptions stop counting (Redis sees the unsubscribe shortly after).
+    // Dropped subscribers stop counting (Redis sees the connection close shortly after).
     let mut remaining = u64::MAX;
     for _ in 0..50 {
-        remaining = cache.publish("node-1", Bytes::from("x")).await.unwrap();
+        remaining = cache.publish(&[msg("u:alice", vec![0])]).await.unwrap();
         if remaining == 0 {
             break;
         }
@@ -362,7 +449,7 @@ macro_rules! cache_conformance_suite {
             hot_windows_keep_the_newest_entries_and_their_head,
             allocations_mark_conversations_active_until_verified,
             presence_lists_live_devices_until_they_lapse,
-            published_payloads_reach_every_subscriber_in_order,
+            one_subscriber_carries_every_channel_and_publishes_batch,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

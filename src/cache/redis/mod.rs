@@ -7,6 +7,7 @@
 //! background when Redis returns.
 
 pub mod keys;
+mod pubsub;
 pub mod scripts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,7 @@ use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
-use futures::StreamExt;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::OnceCell;
 
 use super::*;
 use keys::{ACTIVE_SHARDS, Keys};
@@ -29,10 +29,8 @@ const SEQ_IDLE_TTL: Duration = Duration::from_secs(30 * 86_400);
 const HOT_IDLE_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// Sweeper marks live as long as sequencer keys.
 const VERIFIED_TTL: Duration = SEQ_IDLE_TTL;
-/// A lost subscription connection is retried this often.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
-/// Payloads a subscriber may have unread before newer ones are dropped.
-const SUBSCRIPTION_BUFFER: usize = 1024;
+/// A user's presence hash (devices and last-seen time) outlives its last write this long.
+const LAST_SEEN_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 /// Where the Redis is and how long to wait for it: the `[redis]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,8 +93,7 @@ struct LazyCluster {
 
 pub struct RedisCache {
     connection: Connection,
-    /// Pub/sub needs a connection of its own per subscription; on a cluster any node hears
-    /// every channel (PUBLISH is broadcast over the cluster bus), so the first seed serves.
+    /// Pub/sub needs a connection of its own: one per node (see `pubsub.rs`).
     pubsub_client: ::redis::Client,
     keys: Keys,
     scripts: Scripts,
@@ -113,6 +110,7 @@ struct Scripts {
     hot_read: Script,
     mark_verified: Script,
     set_presence: Script,
+    clear_presence: Script,
     presence: Script,
 }
 
@@ -127,11 +125,12 @@ impl Scripts {
             hot_read: Script::new(scripts::HOT_READ),
             mark_verified: Script::new(scripts::MARK_VERIFIED),
             set_presence: Script::new(scripts::SET_PRESENCE),
+            clear_presence: Script::new(scripts::CLEAR_PRESENCE),
             presence: Script::new(scripts::PRESENCE),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.allocate,
             &self.fence,
@@ -141,6 +140,7 @@ impl Scripts {
             &self.hot_read,
             &self.mark_verified,
             &self.set_presence,
+            &self.clear_presence,
             &self.presence,
         ]
     }
@@ -631,20 +631,28 @@ impl Cache for RedisCache {
         let cmd = eval(
             &self.scripts.set_presence,
             &[&self.keys.presence(user_id)],
-            &[device_id.as_bytes(), node.as_bytes(), &num(ms(ttl).max(1))],
+            &[
+                device_id.as_bytes(),
+                node.as_bytes(),
+                &num(ms(ttl).max(1)),
+                &num(ms(LAST_SEEN_TTL)),
+            ],
         );
         self.run_one::<Value>(cmd).await?;
         Ok(())
     }
 
     async fn clear_presence(&self, user_id: &str, device_id: &str) -> CacheResult<()> {
-        let mut cmd = ::redis::cmd("HDEL");
-        cmd.arg(self.keys.presence(user_id)).arg(device_id);
+        let cmd = eval(
+            &self.scripts.clear_presence,
+            &[&self.keys.presence(user_id)],
+            &[device_id.as_bytes(), &num(ms(LAST_SEEN_TTL))],
+        );
         self.run_one::<Value>(cmd).await?;
         Ok(())
     }
 
-    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<Vec<Presence>>> {
+    async fn presence(&self, user_ids: &[String]) -> CacheResult<Vec<UserPresence>> {
         if user_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -652,103 +660,64 @@ impl Cache for RedisCache {
             .iter()
             .map(|u| eval(&self.scripts.presence, &[&self.keys.presence(u)], &[]))
             .collect();
-        let replies: Vec<Vec<(String, String)>> = self.run(&cmds).await?;
+        // Each reply: last-seen ms, then device and node pairs.
+        let replies: Vec<(i64, Vec<(String, String)>)> = self.run(&cmds).await?;
         Ok(replies
             .into_iter()
-            .map(|pairs| {
-                let mut live: Vec<Presence> = pairs
+            .map(|(last_seen_ms, pairs)| {
+                let mut devices: Vec<Presence> = pairs
                     .into_iter()
                     .map(|(device_id, node)| Presence { device_id, node })
                     .collect();
-                live.sort();
-                live
+                devices.sort();
+                UserPresence {
+                    devices,
+                    last_seen_ms,
+                }
             })
             .collect())
     }
 
-    async fn publish(&self, channel: &str, payload: Bytes) -> CacheResult<u64> {
-        let mut cmd = ::redis::cmd("PUBLISH");
-        cmd.arg(self.keys.channel(channel)).arg(payload.as_ref());
-        self.run_one(cmd).await
+    async fn publish(&self, messages: &[(String, Bytes)]) -> CacheResult<u64> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        // On a cluster, sharded: the publish reaches only the shard owning the channel.
+        let command = match self.connection {
+            Connection::Single(_) => "PUBLISH",
+            Connection::Cluster(_) => "SPUBLISH",
+        };
+        let cmds: Vec<Cmd> = messages
+            .iter()
+            .map(|(channel, payload)| {
+                let mut cmd = ::redis::cmd(command);
+                cmd.arg(self.keys.channel(channel)).arg(payload.as_ref());
+                cmd
+            })
+            .collect();
+        let received: Vec<u64> = self.run(&cmds).await?;
+        Ok(received.into_iter().sum())
     }
 
-    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription> {
-        let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let (ready, subscribed) = oneshot::channel();
-        tokio::spawn(forward_subscription(
-            self.pubsub_client.clone(),
-            self.keys.channel(channel),
-            self.options.connect_timeout,
-            sender,
-            ready,
-        ));
-        match subscribed.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(CacheError::Unavailable("redis: subscriber ended".into())),
+    async fn subscriber(&self) -> CacheResult<Subscriber> {
+        let prefix = self.keys.channel("");
+        if self.options.cluster_nodes.is_empty() {
+            pubsub::single(
+                self.pubsub_client.clone(),
+                prefix,
+                self.options
+                    .connect_timeout
+                    .max(self.options.response_timeout),
+            )
+            .await
+        } else {
+            pubsub::cluster(
+                self.options.cluster_nodes.clone(),
+                prefix,
+                self.options.response_timeout,
+                self.options.connect_timeout,
+            )
+            .await
         }
-        Ok(futures::stream::unfold(receiver, |mut r| async move {
-            r.recv().await.map(|payload| (payload, r))
-        })
-        .boxed())
-    }
-}
-
-/// Keeps one subscription alive for as long as its stream is held: forwards payloads, and
-/// reconnects and resubscribes when the connection drops (payloads published meanwhile are
-/// lost, as pub/sub promises no more).
-async fn forward_subscription(
-    client: ::redis::Client,
-    channel: String,
-    connect_timeout: Duration,
-    sender: mpsc::Sender<Bytes>,
-    ready: oneshot::Sender<Result<(), RedisError>>,
-) {
-    let mut ready = Some(ready);
-    loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, RedisError>(pubsub)
-        };
-        let pubsub = match tokio::time::timeout(connect_timeout, connected).await {
-            Ok(Ok(pubsub)) => pubsub,
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e,
-                    _ => RedisError::from((ErrorKind::Io, "subscribing timed out")),
-                };
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(error));
-                    return;
-                }
-                if sender.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-                continue;
-            }
-        };
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(Ok(()));
-        }
-        let mut messages = pubsub.into_on_message();
-        loop {
-            tokio::select! {
-                message = messages.next() => match message {
-                    Some(m) => {
-                        let payload = Bytes::copy_from_slice(m.get_payload_bytes());
-                        // A full buffer drops the payload (at most once) rather than stall.
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(payload) {
-                            return;
-                        }
-                    }
-                    None => break,
-                },
-                _ = sender.closed() => return,
-            }
-        }
-        tracing::warn!(%channel, "redis subscription lost; resubscribing");
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }
 }

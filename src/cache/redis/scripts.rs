@@ -89,34 +89,53 @@ if at and tonumber(at) == tonumber(ARGV[3]) then redis.call('ZREM', KEYS[2], ARG
 return 1
 ";
 
-/// KEYS: presence hash. ARGV: device, node, ttl (ms). Expiry is Redis's clock (`TIME`), the
-/// same for every node; lapsed devices are dropped on the way.
+/// KEYS: presence hash. ARGV: device, node, ttl (ms), hash ttl (ms). Expiry is Redis's clock
+/// (`TIME`), the same for every node; lapsed devices are dropped on the way. The field `~last`
+/// (no device id starts with `~`) holds when any device was last seen.
 pub const SET_PRESENCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local exp = tonumber(string.match(all[i + 1], '^(%d+)|'))
-  if not exp or exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+  if all[i] ~= '~last' then
+    local exp = tonumber(string.match(all[i + 1], '^(%d+)|'))
+    if not exp or exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+  end
 end
 local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + ttl) .. '|' .. ARGV[2])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + ttl) .. '|' .. ARGV[2],
+  '~last', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
-/// KEYS: presence hash. The live devices and their nodes, flattened.
+/// KEYS: presence hash. ARGV: device, hash ttl (ms). The device left: seen now.
+pub const CLEAR_PRESENCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], '~last', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS: presence hash. `{last seen ms, {device, node, device, node, ...}}` of the live devices.
 pub const PRESENCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
+local last = 0
 for i = 1, #all, 2 do
-  local exp, node = string.match(all[i + 1], '^(%d+)|(.*)$')
-  if exp and tonumber(exp) > now then
-    table.insert(out, all[i])
-    table.insert(out, node)
+  if all[i] == '~last' then
+    last = tonumber(all[i + 1]) or 0
+  else
+    local exp, node = string.match(all[i + 1], '^(%d+)|(.*)$')
+    if exp and tonumber(exp) > now then
+      table.insert(out, all[i])
+      table.insert(out, node)
+    end
   end
 end
-return out
+return {last, out}
 ";
