@@ -97,10 +97,12 @@ impl ConversationRow {
         if self.mode_at(seq) == DeliveryMode::Hot {
             return Some(seq);
         }
+        // By the mode in force at each span's start: a span superseded at the same seq (a
+        // switch undone before any seq was handed out) does not count.
         self.mode_spans
             .iter()
-            .find(|s| s.since_seq > seq && s.mode == DeliveryMode::Hot)
             .map(|s| s.since_seq)
+            .find(|&since| since > seq && self.mode_at(since) == DeliveryMode::Hot)
     }
 }
 
@@ -152,5 +154,48 @@ pub fn hole_message(conversation_id: &str, conv_seq: u64, created_at_ms: i64) ->
         body: Bytes::new(),
         created_at_ms,
         kind: MessageKind::Hole,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation(spans: &[(u64, DeliveryMode)]) -> ConversationRow {
+        ConversationRow {
+            conversation_id: "g:spans".into(),
+            kind: ConversationKind::Group,
+            title: String::new(),
+            created_at_ms: 0,
+            created_by: String::new(),
+            member_count: 0,
+            mode_spans: spans
+                .iter()
+                .map(|&(since_seq, mode)| ModeSpan { since_seq, mode })
+                .collect(),
+            mode_forced: false,
+            mode_changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_hot_span_undone_at_the_same_seq_is_not_where_hot_reading_continues() {
+        use DeliveryMode::*;
+        let c = conversation(&[
+            (1, Fanout),
+            (1, Hot),
+            (2, Fanout),
+            (3, Hot),
+            (3, Fanout),
+            (4, Hot),
+        ]);
+        assert_eq!(c.mode_at(1), Hot);
+        assert_eq!(c.mode_at(3), Fanout);
+        assert_eq!(c.next_hot_seq(2), Some(4));
+        assert_eq!(c.next_hot_seq(1), Some(1));
+        assert_eq!(
+            conversation(&[(1, Fanout), (5, Hot), (5, Fanout)]).next_hot_seq(1),
+            None
+        );
     }
 }

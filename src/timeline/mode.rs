@@ -333,6 +333,11 @@ impl Timeline {
 /// `spans` with `(since, mode)` added, keeping the newest [`MAX_MODE_SPANS`].
 fn with_span(spans: &[ModeSpan], since: u64, mode: DeliveryMode) -> Vec<ModeSpan> {
     let mut spans = spans.to_vec();
+    // Spans starting at `since` or later cover no seq yet (`since` is the next one handed out):
+    // the new one supersedes them instead of piling up behind them.
+    while spans.len() > 1 && spans.last().is_some_and(|s| s.since_seq >= since) {
+        spans.pop();
+    }
     spans.push(ModeSpan {
         since_seq: since,
         mode,

@@ -348,3 +348,48 @@ fn a_join_never_starts_above_a_seq_the_sequencer_may_reissue() {
         panic!("{e}");
     }
 }
+
+/// Found by the property test in CI: a hot → small → hot flip-flop with a send and a one-entry
+/// sync racing each switch lost the second message for the sender's own device.
+#[test]
+fn a_flip_flop_with_racing_syncs_loses_nothing() {
+    let ops = [
+        Op::Join { user: 3, group: 0 },
+        Op::SwitchAmidTraffic {
+            group: 0,
+            hot: false,
+            at: 0,
+            sender: 0,
+            reader: 0,
+            device: 0,
+            limit: 1,
+        },
+        Op::Advance { ms: 1000 },
+        Op::Send {
+            sender: 0,
+            conv: 0,
+            fault: None,
+        },
+        Op::Force {
+            group: 0,
+            hot: false,
+        },
+        Op::SwitchAmidTraffic {
+            group: 0,
+            hot: true,
+            at: 0,
+            sender: 0,
+            reader: 0,
+            device: 0,
+            limit: 2,
+        },
+        Op::Send {
+            sender: 0,
+            conv: 0,
+            fault: None,
+        },
+    ];
+    if let Err(e) = run_case(&ops, None) {
+        panic!("{e}");
+    }
+}
