@@ -60,6 +60,27 @@ impl Node {
             }
             StoreKind::Scylla => ScyllaStore::connect(&config.scylla_options()).await?,
         };
+        Self::build_on(config, store, metrics, &secret).await
+    }
+
+    /// A node over a Store opened already: several nodes of one process (tests) share one, as
+    /// nodes of a cluster share ScyllaDB.
+    pub async fn build_on_store(
+        config: &Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        let metrics = metrics::init();
+        let (secret, _) = api::resolve_jwt_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+        Self::build_on(config, store, metrics, &secret).await
+    }
+
+    async fn build_on(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: PrometheusHandle,
+        secret: &str,
+    ) -> Result<Self, ServerError> {
         let cache: Arc<dyn Cache> = match config.cache {
             CacheKind::Local => Arc::new(LocalCache::new()),
             CacheKind::Redis => Arc::new(RedisCache::connect(config.redis_options())?),
@@ -80,7 +101,7 @@ impl Node {
         .await?;
         Ok(Self {
             timeline,
-            auth: Arc::new(Authenticator::new(&secret)),
+            auth: Arc::new(Authenticator::new(secret)),
             push,
             metrics,
         })

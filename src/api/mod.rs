@@ -51,10 +51,26 @@ pub async fn serve(
     });
     // At shutdown, streams end first (telling clients to reconnect elsewhere): neither axum
     // nor tonic waits for them, and an open stream would hold the graceful shutdown forever.
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            push.shut_down().await;
-        })
-        .await
+    let grace = push.options().shutdown_grace;
+    let (begun, shutting_down) = tokio::sync::oneshot::channel::<()>();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = begun.send(());
+        push.shut_down().await;
+    });
+    // A client that never closes its side (a stream told to go, its request still open) would
+    // hold the connection, and the shutdown, forever: past twice the grace, stop waiting.
+    let bounded = async move {
+        match shutting_down.await {
+            Ok(()) => tokio::time::sleep(grace * 2).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving.into_future() => served,
+        () = bounded => {
+            tracing::warn!("connections still open {grace:?} after the streams ended: closing them");
+            Ok(())
+        }
+    }
 }

@@ -86,9 +86,9 @@ impl PushOptions {
         Ok(())
     }
 
-    /// How long a device stays online without a refresh: two heartbeats and some slack, so one
+    /// How long a device stays online without a refresh: two and a half heartbeats, so one
     /// late heartbeat does not flap it, while a crashed node's devices lapse soon.
     pub fn presence_ttl(&self) -> Duration {
-        self.heartbeat * 2 + Duration::from_secs(5)
+        self.heartbeat * 5 / 2
     }
 }

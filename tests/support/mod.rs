@@ -5,6 +5,7 @@
 pub mod cache_suite;
 pub mod prometheus;
 pub mod store_suite;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,6 +69,30 @@ impl TestServer {
         Self::start_on(true, adjust).await
     }
 
+    /// Starts a node over `store` (shared with other nodes of the test) and the Redis at
+    /// `redis_url`, with its own Cache connection and push hub.
+    pub async fn start_on_store(
+        store: Arc<dyn ::timeline::store::Store>,
+        redis_url: &str,
+        node_id: u16,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            jwt_secret: Some(SECRET.into()),
+            node_id,
+            cache: CacheKind::Redis,
+            ..Config::default()
+        };
+        config.redis.url = redis_url.to_owned();
+        config.limits.recovery_interval = Duration::from_millis(200);
+        adjust(&mut config);
+        let node = Node::build_on_store(&config, store).await.expect("node");
+        Self::serve(node, config, None, dir).await
+    }
+
     async fn start_on(redis: bool, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
@@ -84,6 +109,10 @@ impl TestServer {
         }
         adjust(&mut config);
         let node = Node::build(&config).await.expect("node");
+        Self::serve(node, config, redis, dir).await
+    }
+
+    async fn serve(node: Node, config: Config, redis: Option<RedisProcess>, dir: TempDir) -> Self {
         let auth = node.auth.clone();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
