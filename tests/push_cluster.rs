@@ -182,7 +182,7 @@ async fn presence_of_a_killed_node_lapses_by_its_ttl() {
         .unwrap();
     let mut bob = client_with_header(&node.url, Some(format!("Bearer {token}"))).await;
     let _stream = stream::open(&mut bob, "", 0).await.expect("subscribe");
-    let cache = RedisCache::connect(RedisOptions::single(&redis.url())).expect("cache");
+    let cache = RedisCache::connect(RedisOptions::single(redis.url())).expect("cache");
     let online =
         |p: &[::timeline::cache::UserPresence]| p[0].devices.iter().any(|d| d.device_id == "phone");
     let mut seen_online = false;
