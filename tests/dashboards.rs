@@ -1,5 +1,6 @@
 //! The shipped Grafana dashboards against a real Prometheus: a node on a private Redis serves
-//! real traffic (fan-out, hot and direct sends, syncs, history, lists, errors, a Redis stall),
+//! real traffic (fan-out, hot and direct sends, syncs, history, lists, a push stream, typing,
+//! errors, a Redis stall),
 //! a private `prometheus` scrapes it, and every panel query of `dashboards/*.json` must parse and
 //! return data. `/metrics` must also pass `promtool check metrics`.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use ::timeline::proto::*;
 use serde_json::Value;
 use support::prometheus::PrometheusProcess;
-use support::{Client, TestServer, client_with_header, http_get, operator, set_mode};
+use support::{Client, TestServer, client_with_header, http_get, operator, set_mode, stream};
 
 const JOB: &str = "timeline";
 
@@ -130,6 +131,25 @@ async fn drive_traffic(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::tas
             .expect("create");
     }
     set_mode(&mut ops, "g:town", DeliveryMode::Hot).await;
+    // A push stream of bob's, reopened from its last cursor whenever it ends (the stall may
+    // end it): events, messages, wake-ups and push latency.
+    let mut listener = server.client("bob", "live").await;
+    let listening = stop.clone();
+    tokio::spawn(async move {
+        let mut cursor = String::new();
+        while !listening.load(Ordering::Relaxed) {
+            let Ok(mut stream) = stream::open(&mut listener, &cursor, 0).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            while !listening.load(Ordering::Relaxed) {
+                match stream.next(Duration::from_millis(500)).await {
+                    Ok(_) => cursor = stream.cursor.clone(),
+                    Err(_) => break,
+                }
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut cursor = String::new();
         let mut n = 0u64;
@@ -173,6 +193,11 @@ async fn drive_traffic(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::tas
                     conversation_id: "g:nowhere".into(),
                 })
                 .await; // NOT_FOUND
+            let _ = alice
+                .send_typing(SendTypingRequest {
+                    conversation_id: "g:team".into(),
+                })
+                .await;
             let _ = anonymous.ping(PingRequest {}).await; // UNAUTHENTICATED
             let _ = bob.ping(PingRequest {}).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
