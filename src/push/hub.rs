@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::PushOptions;
 use super::channels::{self, Ephemeral, Hint, Target, conversation_channel, user_channel};
+use super::coalesce::CoalescedReads;
 use super::publisher::Publisher;
 use super::session::{self, Control, OpenStream, PushEvent, StreamItem, Transport};
 use crate::cache::{Cache, CacheResult, PubSubEvent, SubscriberControl};
@@ -79,6 +80,10 @@ impl State {
 
 pub struct Hub {
     pub(super) timeline: Arc<Timeline>,
+    /// The pipeline over `shared_reads`, for the streams' Syncs.
+    reads: Arc<Timeline>,
+    /// One read per node of what many streams ask at once; hints invalidate it.
+    shared_reads: Arc<CoalescedReads>,
     pub(super) cache: Arc<dyn Cache>,
     pub(super) options: PushOptions,
     /// This node's name in presence entries.
@@ -111,9 +116,13 @@ impl Hub {
         let subscriber = cache.subscriber().await?;
         let publisher = Arc::new(Publisher::start(cache.clone()));
         timeline.set_listener(publisher.clone());
+        let shared_reads = CoalescedReads::wrap(cache.clone(), options.shared_read_age());
+        let reads = timeline.reading_through(shared_reads.clone());
         let hub = Arc::new(Self {
             publisher,
             timeline,
+            reads,
+            shared_reads,
             cache,
             options,
             node,
@@ -134,6 +143,11 @@ impl Hub {
 
     pub fn timeline(&self) -> &Arc<Timeline> {
         &self.timeline
+    }
+
+    /// The pipeline as the streams read it: through the node's shared reads.
+    pub(super) fn reads(&self) -> &Arc<Timeline> {
+        &self.reads
     }
 
     /// Opens a stream: registers it (within the limits), listens to its user's channel, marks
@@ -159,9 +173,11 @@ impl Hub {
             id,
             transport: open.transport,
         };
-        // Before the first sync: whatever is published from here on wakes the stream.
+        // Before the first sync: whatever is published from here on wakes the stream (and what
+        // was read of the user before the channel was held is not reused).
         self.apply_channels(vec![user_channel(&shared.user_id)])
             .await;
+        self.shared_reads.user_changed(&shared.user_id);
         self.refresh_presence(&shared).await;
         let shutdown = self.shutdown.subscribe();
         tokio::spawn(session::run(
@@ -297,7 +313,15 @@ impl Hub {
             }
             state.interest.insert(id, wanted);
         }
+        let subscribed: Vec<String> = changed.clone();
         self.apply_channels(changed).await;
+        // Hints published before the subscription were not heard: what was read of those
+        // conversations before it is not reused.
+        for channel in &subscribed {
+            if let Some(Target::Conversation(c)) = channels::parse_channel(channel) {
+                self.shared_reads.conversation_changed(c);
+            }
+        }
         added
     }
 
@@ -358,8 +382,18 @@ impl Hub {
     fn deliver(&self, channel: &str, hint: Hint) {
         let state = lock(&self.state);
         let (ids, hot) = match channels::parse_channel(channel) {
-            Some(Target::User(u)) => (state.by_user.get(u), false),
-            Some(Target::Conversation(c)) => (state.by_conversation.get(c), true),
+            Some(Target::User(u)) => {
+                if hint == Hint::Wake {
+                    self.shared_reads.user_changed(u);
+                }
+                (state.by_user.get(u), false)
+            }
+            Some(Target::Conversation(c)) => {
+                if hint == Hint::Wake {
+                    self.shared_reads.conversation_changed(c);
+                }
+                (state.by_conversation.get(c), true)
+            }
             None => return,
         };
         let streams = ids
@@ -453,6 +487,7 @@ async fn route(hub: Weak<Hub>, mut events: futures::stream::BoxStream<'static, P
             }
             PubSubEvent::Reconnected => {
                 tracing::info!("push: subscriber reconnected; every stream re-syncs");
+                hub.shared_reads.forget_all();
                 hub.wake_all();
             }
         }

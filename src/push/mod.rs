@@ -19,6 +19,7 @@
 //! Transports (gRPC, WebSocket) live at the edge (`crate::api`) and only carry [`PushEvent`]s.
 
 mod channels;
+mod coalesce;
 mod hub;
 mod presence;
 mod publisher;
@@ -90,5 +91,12 @@ impl PushOptions {
     /// late heartbeat does not flap it, while a crashed node's devices lapse soon.
     pub fn presence_ttl(&self) -> Duration {
         self.heartbeat * 5 / 2
+    }
+
+    /// How long the streams' shared reads are reused without a hint saying they changed: a
+    /// lost hint delays a stream by this much at most, and a herd of streams woken together
+    /// shares one read.
+    pub fn shared_read_age(&self) -> Duration {
+        self.hot_interval.max(Duration::from_millis(100))
     }
 }

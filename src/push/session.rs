@@ -254,7 +254,7 @@ impl Session {
                 _ = tokio::time::sleep(stall_limit) => return Err(StreamEnd::Slow),
             };
             let page = hub
-                .timeline()
+                .reads()
                 .sync(&self.open.caller, &self.cursor, self.open.limit)
                 .await
                 .map_err(StreamEnd::failed)?;

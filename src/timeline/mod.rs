@@ -74,7 +74,7 @@ pub struct Timeline {
     pub(crate) cache: Arc<dyn Cache>,
     pub(crate) limits: Limits,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) ids: ids::Snowflake,
+    pub(crate) ids: Arc<ids::Snowflake>,
     pub(crate) fanout_rates: mode::RateTracker,
     /// Told of every delivery (push wakes streams with it); set once, by the node.
     listener: OnceLock<Arc<dyn DeliveryListener>>,
@@ -90,11 +90,25 @@ impl Timeline {
         Arc::new(Self {
             store,
             cache,
-            ids: ids::Snowflake::new(limits.node_id),
+            ids: Arc::new(ids::Snowflake::new(limits.node_id)),
             fanout_rates: mode::RateTracker::default(),
             listener: OnceLock::new(),
             limits,
             clock,
+        })
+    }
+
+    /// The same pipeline over another Cache (a decorator of this one's): same Store, limits,
+    /// clock and message ids, no listener. Push streams read through one that shares reads.
+    pub fn reading_through(&self, cache: Arc<dyn Cache>) -> Arc<Self> {
+        Arc::new(Self {
+            store: self.store.clone(),
+            cache,
+            ids: self.ids.clone(),
+            fanout_rates: mode::RateTracker::default(),
+            listener: OnceLock::new(),
+            limits: self.limits.clone(),
+            clock: self.clock.clone(),
         })
     }
 
