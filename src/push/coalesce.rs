@@ -12,7 +12,11 @@
 //! - a new subscription drops what was read of its conversations before it was confirmed
 //!   (a hint published before it was missed);
 //! - a pub/sub reconnect (hints lost) drops everything;
-//! - nothing is reused past `max_age` (a safety net: hints are at most once).
+//! - a stream's heartbeat drops its user's inbox head (a hint the publisher dropped is caught
+//!   there, as without sharing);
+//! - nothing is reused longer than its age: a conversation's reads for the hot interval (one
+//!   read per conversation per interval at most), the user's inbox head and the epoch for a
+//!   heartbeat interval (they change only with a hint or with the Cache's state).
 //!
 //! A reused result is never newer than the truth, only older, and Sync treats an old head, bound
 //! or window like one read a moment earlier: it delivers less now, never wrongly. Writes and
@@ -76,7 +80,10 @@ const PRUNE_AT: usize = 100_000;
 
 pub struct CoalescedReads {
     inner: Arc<dyn Cache>,
-    max_age: Duration,
+    /// How long a conversation's reads are reused.
+    conversation_age: Duration,
+    /// How long the epoch and users' inbox heads are reused.
+    node_age: Duration,
     memos: Mutex<Memos>,
 }
 
@@ -95,10 +102,15 @@ fn unavailable(e: String) -> CacheError {
 }
 
 impl CoalescedReads {
-    pub fn wrap(inner: Arc<dyn Cache>, max_age: Duration) -> Arc<Self> {
+    pub fn wrap(
+        inner: Arc<dyn Cache>,
+        conversation_age: Duration,
+        node_age: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            max_age,
+            conversation_age,
+            node_age,
             memos: Mutex::default(),
         })
     }
@@ -137,20 +149,28 @@ impl CoalescedReads {
         (self.insert(&mut memos, scope, key, value.clone()), value)
     }
 
+    fn max_age(&self, scope: &Scope) -> Duration {
+        match scope {
+            Scope::Conversation(_) => self.conversation_age,
+            Scope::Node | Scope::User(_) => self.node_age,
+        }
+    }
+
     fn fresh(&self, memos: &Memos, scope: &Scope, key: &Key) -> Option<(u64, Value)> {
+        let max_age = self.max_age(scope);
         memos
             .scopes
             .get(scope)
             .and_then(|s| s.get(key))
-            .filter(|memo| memo.at.elapsed() < self.max_age)
+            .filter(|memo| memo.at.elapsed() < max_age)
             .map(|memo| (memo.id, memo.value.clone()))
     }
 
     fn insert(&self, memos: &mut Memos, scope: Scope, key: Key, value: Value) -> u64 {
         let now = Instant::now();
         if memos.count >= PRUNE_AT {
-            let max_age = self.max_age;
-            for memos in memos.scopes.values_mut() {
+            for (scope, memos) in memos.scopes.iter_mut() {
+                let max_age = self.max_age(scope);
                 memos.retain(|_, m| now.duration_since(m.at) < max_age);
             }
             memos.scopes.retain(|_, m| !m.is_empty());
@@ -386,7 +406,11 @@ mod tests {
             heads: AtomicUsize::new(0),
             windows: AtomicUsize::new(0),
         });
-        let reads = CoalescedReads::wrap(counting.clone(), Duration::from_secs(60));
+        let reads = CoalescedReads::wrap(
+            counting.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         (counting, reads)
     }
 

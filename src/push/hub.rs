@@ -116,7 +116,8 @@ impl Hub {
         let subscriber = cache.subscriber().await?;
         let publisher = Arc::new(Publisher::start(cache.clone()));
         timeline.set_listener(publisher.clone());
-        let shared_reads = CoalescedReads::wrap(cache.clone(), options.shared_read_age());
+        let shared_reads =
+            CoalescedReads::wrap(cache.clone(), options.shared_read_age(), options.heartbeat);
         let reads = timeline.reading_through(shared_reads.clone());
         let hub = Arc::new(Self {
             publisher,
@@ -148,6 +149,12 @@ impl Hub {
     /// The pipeline as the streams read it: through the node's shared reads.
     pub(super) fn reads(&self) -> &Arc<Timeline> {
         &self.reads
+    }
+
+    /// The next Sync of `user_id`'s streams reads their inbox head afresh (a heartbeat's
+    /// re-sync catches a hint that never came).
+    pub(super) fn reread_inbox(&self, user_id: &str) {
+        self.shared_reads.user_changed(user_id);
     }
 
     /// Opens a stream: registers it (within the limits), listens to its user's channel, marks

@@ -93,9 +93,8 @@ impl PushOptions {
         self.heartbeat * 5 / 2
     }
 
-    /// How long the streams' shared reads are reused without a hint saying they changed: a
-    /// lost hint delays a stream by this much at most, and a herd of streams woken together
-    /// shares one read.
+    /// How long the streams' shared reads of a conversation are reused without a hint saying
+    /// it changed: a herd of streams woken together shares one read.
     pub fn shared_read_age(&self) -> Duration {
         self.hot_interval.max(Duration::from_millis(100))
     }

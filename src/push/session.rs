@@ -232,6 +232,7 @@ impl Session {
                     }
                     hub.refresh_presence(&self.shared).await;
                     // A hint lost on the way (pub/sub is at most once) is caught here.
+                    hub.reread_inbox(&self.shared.user_id);
                     need_sync = true;
                 }
             }
