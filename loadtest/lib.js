@@ -3,13 +3,14 @@
 import grpc from 'k6/net/grpc';
 import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
-import { Counter, Rate } from 'k6/metrics';
+import { Counter, Rate, Trend } from 'k6/metrics';
+import { clearInterval, setInterval, setTimeout } from 'k6/timers';
 
 export const ADDR = __ENV.TIMELINE_ADDR || '127.0.0.1:7070';
 const SECRET = __ENV.TIMELINE_JWT_SECRET;
 const SERVICE = 'timeline.v1.TimelineService';
 
-const client = new grpc.Client();
+export const client = new grpc.Client();
 client.load(['../proto'], 'timeline/v1/timeline.proto');
 
 export const rpcErrors = new Rate('rpc_errors');
@@ -17,13 +18,20 @@ export const deliveredMessages = new Counter('delivered_messages');
 export const deliveryDuplicates = new Counter('delivery_duplicates');
 export const deliveryGaps = new Counter('delivery_gaps');
 
+export const pushLatency = new Trend('push_latency', true);
+export const pushReceived = new Counter('push_received');
+export const pushMissing = new Counter('push_missing');
+export const pushDuplicates = new Counter('push_duplicates');
+export const pushStreamErrors = new Counter('push_stream_errors');
+
 // HS256 JWT as the service expects: sub = user, did = device, iat/exp, adm for operators.
-export function token(user, device, admin = false) {
+// `ttlSeconds` bounds it (default a day).
+export function token(user, device, admin = false, ttlSeconds = 24 * 3600) {
   if (!SECRET) {
     throw new Error('TIMELINE_JWT_SECRET must be set (the secret the service verifies with)');
   }
   const now = Math.floor(Date.now() / 1000);
-  const claims = { sub: user, did: device, iat: now, exp: now + 24 * 3600 };
+  const claims = { sub: user, did: device, iat: now, exp: now + ttlSeconds };
   if (admin) claims.adm = true;
   const head = encoding.b64encode(JSON.stringify({ alg: 'HS256', typ: 'JWT' }), 'rawurl');
   const body = encoding.b64encode(JSON.stringify(claims), 'rawurl');
@@ -33,13 +41,17 @@ export function token(user, device, admin = false) {
 
 let connected = false;
 
-// Calls one RPC with the caller's token and records whether it failed.
-// `expected` lists the status codes that count as success (default: OK only).
-export function call(method, request, bearer, expected = [grpc.StatusOK]) {
+function connect() {
   if (!connected) {
     client.connect(ADDR, { plaintext: true, timeout: '10s' });
     connected = true;
   }
+}
+
+// Calls one RPC with the caller's token and records whether it failed.
+// `expected` lists the status codes that count as success (default: OK only).
+export function call(method, request, bearer, expected = [grpc.StatusOK]) {
+  connect();
   // k6 times it as grpc_req_duration, tagged with the RPC's short name.
   const response = client.invoke(`${SERVICE}/${method}`, request, {
     metadata: { authorization: `Bearer ${bearer}` },
@@ -162,4 +174,77 @@ export class SyncReader {
       }
     }
   }
+}
+
+// One device with a push stream open for `seconds`, and a partner sending it direct messages at
+// `rate` per second: every message must arrive on the stream once (checked `settleMs` after the
+// last send), and the time from issuing the send to the stream's event is `push_latency`.
+// The stream ends when its token expires (the server ends it UNAUTHENTICATED then): a client's
+// half-close keeps a stream open, and k6 cannot cancel one.
+export function pushPair(me, peer, seconds, rate, settleMs = 5000) {
+  connect();
+  const sentAt = new Map(); // client_msg_id -> ms
+  const received = new Set();
+  const endsAt = Date.now() + seconds * 1000;
+  const stream = new grpc.Stream(client, `${SERVICE}/Subscribe`, {
+    metadata: { authorization: `Bearer ${token(me, 'k6-push', false, seconds + settleMs / 1000 + 2)}` },
+    tags: { rpc: 'Subscribe' },
+  });
+  stream.on('data', (event) => {
+    if (!event.batch) return;
+    const now = Date.now();
+    for (const m of event.batch.messages || []) {
+      if (received.has(m.clientMsgId)) {
+        pushDuplicates.add(1);
+        console.error(`${me}: ${m.clientMsgId} pushed twice`);
+        continue;
+      }
+      received.add(m.clientMsgId);
+      const at = sentAt.get(m.clientMsgId);
+      if (at !== undefined) {
+        pushLatency.add(now - at);
+        pushReceived.add(1);
+        sentAt.delete(m.clientMsgId);
+      }
+    }
+  });
+  stream.on('error', (e) => {
+    // The token's expiry after the run is the planned end.
+    if (Date.now() < endsAt + settleMs) {
+      pushStreamErrors.add(1);
+      console.error(`${me}: stream error ${JSON.stringify(e)}`);
+    }
+  });
+  stream.write({ subscribe: { cursor: '' } });
+
+  const conversationId = directId(me, peer);
+  const peerBearer = token(peer, 'k6-push');
+  let n = 0;
+  const sending = setInterval(() => {
+    if (Date.now() >= endsAt) return;
+    n += 1;
+    const id = `${peer}-push-${n}`;
+    sentAt.set(id, Date.now());
+    client.asyncInvoke(`${SERVICE}/SendMessage`, {
+      conversationId,
+      clientMsgId: id,
+      contentType: 'text/plain',
+      body: encoding.b64encode(`push ${n}`),
+    }, { metadata: { authorization: `Bearer ${peerBearer}` }, tags: { rpc: 'SendMessage' }, timeout: '10s' })
+      .then((r) => {
+        const ok = r.status === grpc.StatusOK;
+        rpcErrors.add(!ok, { rpc: 'SendMessage' });
+        // Not accepted: not owed.
+        if (!ok) sentAt.delete(id);
+      });
+  }, 1000 / rate);
+  setTimeout(() => {
+    clearInterval(sending);
+    setTimeout(() => {
+      if (sentAt.size > 0) {
+        pushMissing.add(sentAt.size);
+        console.error(`${me}: ${sentAt.size} messages never pushed`);
+      }
+    }, settleMs);
+  }, seconds * 1000);
 }

@@ -3,12 +3,12 @@
 # baseline and then one k6 scenario against it, and prints a summary table with the ratio of
 # SendMessage throughput to the Ping baseline of the same run.
 #
-# Usage: loadtest/run.sh SCENARIO      (dm_chat | small_groups | hot_group | sync_readers | mixed)
+# Usage: loadtest/run.sh SCENARIO      (dm_chat | small_groups | hot_group | sync_readers | push | mixed)
 # Environment: DURATION (default 30s), VUS, LOADTEST_BIN (default: a release build),
 #              BASELINE=0 to skip the Ping baseline, TIMELINE_* for the service's configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scenario=${1:?usage: loadtest/run.sh dm_chat|small_groups|hot_group|sync_readers|mixed}
+scenario=${1:?usage: loadtest/run.sh dm_chat|small_groups|hot_group|sync_readers|push|mixed}
 duration=${DURATION:-30s}
 
 if ! command -v k6 >/dev/null 2>&1; then
@@ -70,6 +70,11 @@ for s in (ping, run):
               f"{r['p99_ms']:>9.2f}{100 * r['error_rate']:>7.2f}%")
 if run:
     print(f"delivery: {run['delivered']} synced, {run['duplicates']} duplicates, {run['gaps']} gaps")
+    if run.get("push"):
+        p = run["push"]
+        print(f"push: {p['received']} pushed, {p['missing']} missing, {p['duplicates']} twice,"
+              f" {p['stream_errors']} stream errors; send -> push p50 {p['p50_ms']:.2f} ms,"
+              f" p99 {p['p99_ms']:.2f} ms")
     send = next((r for r in run["rows"] if r["rpc"] == "SendMessage"), None)
     base = next((r for r in (ping or {}).get("rows", []) if r["rpc"] == "Ping"), None)
     if send and base:

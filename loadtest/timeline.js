@@ -2,12 +2,12 @@
 //
 //   k6 run -e SCENARIO=mixed -e TIMELINE_ADDR=127.0.0.1:7070 -e TIMELINE_JWT_SECRET=... loadtest/timeline.js
 //
-// SCENARIO: ping | dm_chat | small_groups | hot_group | sync_readers | mixed (default mixed).
+// SCENARIO: ping | dm_chat | small_groups | hot_group | sync_readers | push | mixed (default mixed).
 // DURATION (default 30s) and VUS (per sending scenario, default 8) size the run.
 // loadtest/run.sh starts a service and runs one of these with a Ping baseline before it.
 import { sleep } from 'k6';
 import exec from 'k6/execution';
-import { SyncReader, call, createGroup, directId, sendText, token } from './lib.js';
+import { SyncReader, call, createGroup, directId, pushPair, sendText, token } from './lib.js';
 
 const SCENARIO = __ENV.SCENARIO || 'mixed';
 const DURATION = __ENV.DURATION || '30s';
@@ -19,6 +19,7 @@ const SMALL_GROUP_SIZE = 8;
 const HOT_MEMBERS = 10000;
 const READERS = 8;
 const READER_GROUPS = 10; // every reader is in each of them
+const PUSH_RATE = 20; // messages per second to each push listener
 
 function senders(execName, vus = VUS) {
   return { executor: 'constant-vus', exec: execName, vus, duration: DURATION, gracefulStop: '5s' };
@@ -38,6 +39,13 @@ const SCENARIOS = {
       duration: DURATION, preAllocatedVUs: 4, maxVUs: 16, gracefulStop: '5s',
     },
     sync_readers: readers('syncReader'),
+  },
+  // VUS devices, each with a stream open and a partner sending it PUSH_RATE messages/s.
+  push: {
+    push: {
+      executor: 'per-vu-iterations', exec: 'pushListener', vus: VUS, iterations: 1,
+      maxDuration: `${parseDuration(DURATION) + 30}s`,
+    },
   },
   mixed: {
     dm_chat: senders('dmChat', 2),
@@ -72,6 +80,16 @@ export const options = {
     ...RPCS.map((rpc) => ({ [`rpc_errors{rpc:${rpc}}`]: ['rate<0.01'] })),
     SCENARIO === 'sync_readers' || SCENARIO === 'mixed' || SCENARIO === 'hot_group'
       ? { delivered_messages: ['count>0'] }
+      : {},
+    // Every message pushed once, none missing, none twice, no stream failing.
+    SCENARIO === 'push'
+      ? {
+        push_received: ['count>0'],
+        push_missing: ['count==0'],
+        push_duplicates: ['count==0'],
+        push_stream_errors: ['count==0'],
+        push_latency: ['p(99)<1000'],
+      }
       : {},
   ),
 };
@@ -164,6 +182,10 @@ export function hotReader(data) {
   sleep(0.1);
 }
 
+export function pushListener(data) {
+  pushPair(`${data.run}-pl${__VU}`, `${data.run}-pp${__VU}`, parseDuration(DURATION), PUSH_RATE);
+}
+
 // A table a person reads, plus JSON for loadtest/run.sh (SUMMARY_JSON).
 export function handleSummary(data) {
   const seconds = parseDuration(DURATION);
@@ -185,6 +207,7 @@ export function handleSummary(data) {
   const failed = Object.entries(data.metrics)
     .filter(([, m]) => m.thresholds && Object.values(m.thresholds).some((t) => !t.ok))
     .map(([name]) => name);
+  const push = data.metrics.push_latency;
   const summary = {
     scenario: SCENARIO,
     seconds,
@@ -192,6 +215,16 @@ export function handleSummary(data) {
     delivered: count('delivered_messages'),
     duplicates: count('delivery_duplicates'),
     gaps: count('delivery_gaps'),
+    push: push && push.values.count
+      ? {
+        received: count('push_received'),
+        missing: count('push_missing'),
+        duplicates: count('push_duplicates'),
+        stream_errors: count('push_stream_errors'),
+        p50_ms: push.values.med,
+        p99_ms: push.values['p(99)'],
+      }
+      : null,
     failed_thresholds: failed,
   };
   let text = `\nscenario ${SCENARIO} (${DURATION})\n`;
@@ -202,6 +235,11 @@ export function handleSummary(data) {
       + ` ${(100 * r.error_rate).toFixed(2).padStart(7)}%\n`;
   }
   text += `delivered ${summary.delivered}, duplicates ${summary.duplicates}, gaps ${summary.gaps}\n`;
+  if (summary.push) {
+    const p = summary.push;
+    text += `pushed ${p.received}, missing ${p.missing}, twice ${p.duplicates}, stream errors ${p.stream_errors};`
+      + ` send -> push p50 ${p.p50_ms.toFixed(2)} ms, p99 ${p.p99_ms.toFixed(2)} ms\n`;
+  }
   text += failed.length ? `FAILED thresholds: ${failed.join(', ')}\n` : 'all thresholds passed\n';
   const out = { stdout: text };
   if (__ENV.SUMMARY_JSON) out[__ENV.SUMMARY_JSON] = JSON.stringify(summary, null, 1);

@@ -42,6 +42,8 @@ TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot --test push 
 # A 30-second k6 run of the mixed scenario against the binary the tests built: every RPC
 # succeeds and every reader gets each message once, without gaps (thresholds fail it otherwise).
 LOADTEST_BIN=target/debug/timeline DURATION=30s loadtest/run.sh mixed
+# And 15 s of push: each message arrives on its recipient's stream once (k6 grpc.Stream).
+LOADTEST_BIN=target/debug/timeline DURATION=15s BASELINE=0 loadtest/run.sh push
 # With a cluster named, the ScyllaDB tests too (ignored otherwise: no cluster runs on our machines).
 if [ -n "${SCYLLA_NODES:-}" ]; then
   cargo test --locked --test store_conformance_scylla --lib scylla "$@" -- --ignored
