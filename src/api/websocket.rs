@@ -215,7 +215,12 @@ async fn serve(
                 }
                 None => break,
             },
-            _ = &mut reader => break,
+            _ = &mut reader => {
+                // The client closed: complete the closing handshake (a browser otherwise
+                // reports 1006, an abnormal closure).
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                break;
+            }
         }
     }
     reader.abort();
