@@ -35,6 +35,7 @@ const FAN: &str = "g:fan";
 
 struct Sizes {
     streams: usize,
+    settle: Duration,
     idle: Duration,
     fan_sends: usize,
     chat_users: usize,
@@ -172,14 +173,14 @@ fn user(i: usize) -> String {
 /// One message received by stream `stream`: (stream, client_msg_id, when).
 type Arrival = (usize, String, Instant);
 
-/// Opens stream `index` of `user(index)` on its own connection; its messages go to `arrivals`.
+/// Opens stream `index` of `user(index)` on `channel`; its messages go to `arrivals`.
 async fn open_stream(
-    addr: String,
+    channel: Channel,
     index: usize,
     caught_up: Arc<AtomicUsize>,
     arrivals: mpsc::UnboundedSender<Arrival>,
 ) {
-    let mut client = TimelineServiceClient::new(connect(&addr).await);
+    let mut client = TimelineServiceClient::new(channel);
     let frame = ClientFrame {
         frame: Some(client_frame::Frame::Subscribe(SubscribeRequest {
             cursor: String::new(),
@@ -288,8 +289,23 @@ async fn run(sizes: Sizes) {
     let caught_up = Arc::new(AtomicUsize::new(0));
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
     let opening = Instant::now();
+    // One connection per stream, as devices have; `PUSH_BENCH_STREAMS_PER_CONNECTION` shares
+    // connections instead (what a stream costs without its connection).
+    let per_connection: usize = std::env::var("PUSH_BENCH_STREAMS_PER_CONNECTION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let channels: Vec<Channel> = futures::stream::iter(0..n.div_ceil(per_connection))
+        .map(|_| connect(&addr))
+        .buffered(64)
+        .collect()
+        .await;
     futures::stream::iter(0..n)
-        .map(|i| open_stream(addr.clone(), i, caught_up.clone(), arrivals_tx.clone()))
+        .map(|i| {
+            let channel = channels[i / per_connection].clone();
+            open_stream(channel, i, caught_up.clone(), arrivals_tx.clone())
+        })
         .buffer_unordered(64)
         .collect::<Vec<()>>()
         .await;
@@ -301,7 +317,9 @@ async fn run(sizes: Sizes) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let opened_in = opening.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Past every stream's first heartbeat (at a random point of its first interval): the idle
+    // window below sees the steady heartbeat rate.
+    tokio::time::sleep(sizes.settle).await;
     let rss_after = server.rss();
     let ticks = clock_ticks();
     let (cpu_before, calls_before, idle_started) = (
@@ -314,7 +332,7 @@ async fn run(sizes: Sizes) {
     let (cpu_after, calls_idle) = (server.cpu_ticks(), server.cache_calls().await);
     let idle_cpu = (cpu_after - cpu_before) as f64 / ticks / idle_for.as_secs_f64() * 100.0;
     println!(
-        "\nDensity: {n} idle gRPC streams, one connection each (opened and caught up in {:.1} s)",
+        "\nDensity: {n} idle gRPC streams, {per_connection} per connection (opened and caught up in {:.1} s)",
         opened_in.as_secs_f64()
     );
     println!(
@@ -483,6 +501,7 @@ fn main() {
     let sizes = if full {
         Sizes {
             streams: 10_000,
+            settle: Duration::from_secs(26),
             idle: Duration::from_secs(10),
             fan_sends: 20,
             chat_users: 1000,
@@ -492,6 +511,7 @@ fn main() {
     } else {
         Sizes {
             streams: 200,
+            settle: Duration::from_secs(1),
             idle: Duration::from_secs(1),
             fan_sends: 2,
             chat_users: 100,

@@ -7,23 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, TestServer, client_with_header, send_text, sync_all};
+use support::{TestServer, client_with_header, create_group, send_text, sync_all};
 use tonic::Code;
-
-async fn create_group(client: &mut Client, id: &str, members: &[&str]) -> Conversation {
-    client
-        .create_conversation(CreateConversationRequest {
-            kind: ConversationKind::Group as i32,
-            conversation_id: id.into(),
-            title: id.into(),
-            member_ids: members.iter().map(|m| m.to_string()).collect(),
-        })
-        .await
-        .expect("create group")
-        .into_inner()
-        .conversation
-        .expect("conversation")
-}
 
 /// Each message once, and per conversation the conv_seqs 1..=n in order.
 fn assert_exactly_once_in_order(synced: &[Message], expected: &BTreeMap<String, u64>) {

@@ -8,75 +8,27 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{Client, SECRET, client_with_header, history_all, sync_all};
+use support::child::ChildServer;
+use support::{history_all, sync_all};
 use tokio::sync::Mutex;
-
-struct ChildServer {
-    child: Child,
-    url: String,
-}
-
-impl ChildServer {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_timeline"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
-            .current_dir(dir)
-            .env("TIMELINE_JWT_SECRET", SECRET)
-            .env("TIMELINE_RECOVERY_INTERVAL", "100ms")
-            .env("TIMELINE_RECOVERY_AGE", "200ms")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn timeline");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read address line");
-        let url = line
-            .trim()
-            .strip_prefix("timeline listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, url }
-    }
-
-    async fn client(&self, user: &str) -> Client {
-        let auth = ::timeline::api::Authenticator::new(SECRET);
-        let token = auth
-            .mint(user, "d", Duration::from_secs(600), support::now_s())
-            .unwrap();
-        client_with_header(&self.url, Some(format!("Bearer {token}"))).await
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const MEMBERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_sigkill_mid_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::start(dir.path());
-    let mut alice = server.client("alice").await;
+    let mut server = ChildServer::start(
+        dir.path(),
+        &[
+            ("TIMELINE_RECOVERY_INTERVAL", "100ms"),
+            ("TIMELINE_RECOVERY_AGE", "200ms"),
+        ],
+    );
+    let mut alice = server.client("alice", "d").await;
     alice
         .create_conversation(CreateConversationRequest {
             kind: ConversationKind::Group as i32,
@@ -91,7 +43,7 @@ async fn acked_messages_survive_sigkill_mid_flight() {
     let acked: Arc<Mutex<Vec<Message>>> = Arc::default();
     let mut senders = Vec::new();
     for (s, user) in MEMBERS.iter().enumerate() {
-        let mut client = server.client(user).await;
+        let mut client = server.client(user, "d").await;
         let acked = acked.clone();
         senders.push(tokio::spawn(async move {
             for i in 0.. {
@@ -127,11 +79,17 @@ async fn acked_messages_survive_sigkill_mid_flight() {
     }
     let acked = acked.lock().await.clone();
 
-    let server = ChildServer::start(dir.path());
+    let server = ChildServer::start(
+        dir.path(),
+        &[
+            ("TIMELINE_RECOVERY_INTERVAL", "100ms"),
+            ("TIMELINE_RECOVERY_AGE", "200ms"),
+        ],
+    );
     // Recovery completes interrupted fan-outs shortly after start.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut conversations: BTreeMap<String, Vec<Message>> = BTreeMap::new();
-    let mut reader = server.client("alice").await;
+    let mut reader = server.client("alice", "d").await;
     for conversation in std::iter::once("g:crash".to_owned())
         .chain((0..4).map(|s| dm(MEMBERS[s], MEMBERS[(s + 1) % 4])))
     {
@@ -139,7 +97,7 @@ async fn acked_messages_survive_sigkill_mid_flight() {
             Some(first) if conversation.starts_with("d:") => first,
             _ => "alice",
         };
-        let mut client = server.client(member).await;
+        let mut client = server.client(member, "d").await;
         let messages = history_all(&mut client, &conversation, 200).await;
         let seqs: Vec<u64> = messages.iter().rev().map(|m| m.conv_seq).collect();
         let unique: HashSet<u64> = seqs.iter().copied().collect();
@@ -167,7 +125,7 @@ async fn acked_messages_survive_sigkill_mid_flight() {
     // Every stored message reaches every member's sync exactly once, including those whose
     // fan-out the kill interrupted.
     for user in MEMBERS {
-        let mut client = server.client(user).await;
+        let mut client = server.client(user, "d").await;
         let synced = sync_all(&mut client, &mut String::new(), &[97]).await;
         let mut seen = HashSet::new();
         for m in &synced {

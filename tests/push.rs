@@ -19,23 +19,11 @@ const SMALL: &str = "g:small";
 const HOT: &str = "g:hot";
 const QUIET: Duration = Duration::from_secs(10);
 
-async fn group(client: &mut Client, id: &str, members: &[&str]) {
-    client
-        .create_conversation(CreateConversationRequest {
-            kind: ConversationKind::Group as i32,
-            conversation_id: id.into(),
-            title: id.into(),
-            member_ids: members.iter().map(|m| m.to_string()).collect(),
-        })
-        .await
-        .expect("create group");
-}
-
 /// A direct chat, a small group and a hot group (forced hot), all with alice and bob.
 async fn three_conversations(server: &TestServer) {
     let mut alice = server.client("alice", "laptop").await;
-    group(&mut alice, SMALL, &["bob", "carol"]).await;
-    group(&mut alice, HOT, &["bob", "carol", "dave"]).await;
+    create_group(&mut alice, SMALL, &["bob", "carol"]).await;
+    create_group(&mut alice, HOT, &["bob", "carol", "dave"]).await;
     set_mode(&mut operator(server).await, HOT, DeliveryMode::Hot).await;
 }
 

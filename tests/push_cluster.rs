@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +14,7 @@ use ::timeline::proto::*;
 use ::timeline::store::Store;
 use ::timeline::store::embedded::EmbeddedStore;
 use ::timeline::testkit::redis_server::RedisProcess;
+use support::child::ChildServer;
 use support::stream::{self, ids_once};
 use support::*;
 
@@ -26,18 +25,6 @@ const HOT: &str = "g:hot";
 /// Long heartbeats: whatever arrives within seconds was pushed, not found by a heartbeat.
 fn quiet(config: &mut ::timeline::config::Config) {
     config.push.heartbeat = Duration::from_secs(60);
-}
-
-async fn group(client: &mut Client, id: &str, members: &[&str]) {
-    client
-        .create_conversation(CreateConversationRequest {
-            kind: ConversationKind::Group as i32,
-            conversation_id: id.into(),
-            title: id.into(),
-            member_ids: members.iter().map(|m| m.to_string()).collect(),
-        })
-        .await
-        .expect("create group");
 }
 
 /// Sends through `client`, retrying while the Cache comes back (the same client_msg_id: one
@@ -74,8 +61,8 @@ async fn a_stream_on_one_node_gets_what_another_node_accepted_and_a_redis_restar
     let b = TestServer::start_on_store(store.clone(), &redis.url(), 2, quiet).await;
 
     let mut alice = a.client("alice", "laptop").await;
-    group(&mut alice, SMALL, &["bob", "carol"]).await;
-    group(&mut alice, HOT, &["bob", "carol", "dave"]).await;
+    create_group(&mut alice, SMALL, &["bob", "carol"]).await;
+    create_group(&mut alice, HOT, &["bob", "carol", "dave"]).await;
     set_mode(&mut operator(&a).await, HOT, DeliveryMode::Hot).await;
 
     let mut bob = b.client("bob", "phone").await;
@@ -133,54 +120,20 @@ async fn a_stream_on_one_node_gets_what_another_node_accepted_and_a_redis_restar
     b.stop().await;
 }
 
-struct ChildNode {
-    child: Child,
-    url: String,
-}
-
-impl ChildNode {
-    fn start(dir: &std::path::Path, redis_url: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_timeline"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
-            .current_dir(dir)
-            .env("TIMELINE_JWT_SECRET", SECRET)
-            .env("TIMELINE_CACHE", "redis")
-            .env("TIMELINE_REDIS_URL", redis_url)
-            .env("TIMELINE_PUSH_HEARTBEAT", "1s")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn timeline");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read address line");
-        let url = line
-            .trim()
-            .strip_prefix("timeline listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, url }
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_of_a_killed_node_lapses_by_its_ttl() {
     let redis = RedisProcess::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let mut node = ChildNode::start(dir.path(), &redis.url());
-    let token = ::timeline::api::Authenticator::new(SECRET)
-        .mint("bob", "phone", Duration::from_secs(600), now_s())
-        .unwrap();
-    let mut bob = client_with_header(&node.url, Some(format!("Bearer {token}"))).await;
+    let redis_url = redis.url();
+    let mut node = ChildServer::start(
+        dir.path(),
+        &[
+            ("TIMELINE_CACHE", "redis"),
+            ("TIMELINE_REDIS_URL", &redis_url),
+            ("TIMELINE_PUSH_HEARTBEAT", "1s"),
+        ],
+    );
+    let mut bob = node.client("bob", "phone").await;
     let _stream = stream::open(&mut bob, "", 0).await.expect("subscribe");
     let cache = RedisCache::connect(RedisOptions::single(redis.url())).expect("cache");
     let online =
@@ -199,8 +152,7 @@ async fn presence_of_a_killed_node_lapses_by_its_ttl() {
     assert!(online(&cache.presence(&["bob".to_owned()]).await.unwrap()));
 
     // SIGKILL: nothing clears the entry; its TTL does.
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
+    node.kill9();
     let killed = Instant::now();
     assert!(
         online(&cache.presence(&["bob".to_owned()]).await.unwrap()),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cache_suite;
+pub mod child;
 pub mod prometheus;
 pub mod store_suite;
 pub mod stream;
@@ -191,6 +192,22 @@ pub async fn client_with_header(url: &str, header: Option<String>) -> Client {
 }
 
 /// Sends a text message whose body is its client_msg_id.
+/// A group `id` created by `client`'s user with `members`.
+pub async fn create_group(client: &mut Client, id: &str, members: &[&str]) -> Conversation {
+    client
+        .create_conversation(CreateConversationRequest {
+            kind: ConversationKind::Group as i32,
+            conversation_id: id.into(),
+            title: id.into(),
+            member_ids: members.iter().map(|m| m.to_string()).collect(),
+        })
+        .await
+        .expect("create group")
+        .into_inner()
+        .conversation
+        .expect("conversation")
+}
+
 pub async fn send(client: &mut Client, conversation_id: &str, client_msg_id: &str) -> Message {
     send_text(client, conversation_id, client_msg_id, client_msg_id).await
 }
