@@ -8,9 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("timeline_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
 
+    // Small initial call buffers: an idle push stream keeps its buffers as long as it is open.
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::api::codec::LeanCodec")
         .compile_fds(fds)?;
 
     let descriptors = std::fs::read(&descriptor_path)?;

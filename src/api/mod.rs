@@ -1,6 +1,7 @@
 //! The edge: gRPC (h2c) and plain HTTP on one listener, authentication, error mapping.
 
 pub mod auth;
+pub mod codec;
 mod convert;
 mod grpc;
 mod http;

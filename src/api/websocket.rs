@@ -35,6 +35,8 @@ const BEARER_PROTOCOL: &str = "bearer.";
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client frames are small: a cursor or a token.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -86,6 +88,10 @@ pub async fn upgrade(
     // Browsers reject an upgrade that echoes none of their subprotocols: echo the format's.
     ws.protocols([JSON_PROTOCOL, PROTO_PROTOCOL])
         .max_message_size(MAX_CLIENT_FRAME)
+        // Client frames are small, and events are flushed as they go: 128 KiB buffers each
+        // (the defaults) would be most of what an open stream costs.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let refused = bad_format.or_else(|| authenticated.as_ref().err().cloned());
             match (refused, authenticated) {
