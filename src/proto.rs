@@ -9,3 +9,7 @@ pub mod timeline {
 }
 
 pub use timeline::v1::*;
+
+/// The encoded `FileDescriptorSet` of `proto/` (served by gRPC reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/timeline_descriptor.bin"));

@@ -124,6 +124,7 @@ impl Node {
             self.auth.clone(),
             self.push.clone(),
             self.metrics.clone(),
+            config.grpc_reflection,
             shutdown,
         )
         .await;

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod codec;
+mod conventions;
 mod convert;
 mod grpc;
 mod http;
@@ -25,27 +26,33 @@ use crate::proto::timeline_service_server::TimelineServiceServer;
 use crate::push::Hub;
 use crate::timeline::Timeline;
 
-/// Serves gRPC and HTTP on `listener` until `shutdown` completes.
+/// Serves gRPC and HTTP on `listener` until `shutdown` completes; with `reflection`, gRPC
+/// server reflection too (the health service always).
 pub async fn serve(
     listener: TcpListener,
     timeline: Arc<Timeline>,
     auth: Arc<Authenticator>,
     push: Arc<Hub>,
     metrics: PrometheusHandle,
+    reflection: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max_body = timeline.limits().max_body_bytes;
     let api = TimelineApi {
-        timeline,
+        timeline: timeline.clone(),
         auth,
         push: push.clone(),
     };
     let grpc = TimelineServiceServer::new(api.clone())
         .max_decoding_message_size(max_body + 64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let app = tonic::service::Routes::new(grpc)
+    let (routes, health) = conventions::add_services(tonic::service::Routes::new(grpc), reflection)
+        .map_err(std::io::Error::other)?;
+    let app = routes
         .into_axum_router()
         .merge(http::router(api, metrics, max_body));
+    let (stopping, stop_watch) = tokio::sync::watch::channel(false);
+    let health = conventions::track_health(health, timeline, stop_watch).await;
     // Without TCP_NODELAY small gRPC frames wait for delayed ACKs (tens of ms each).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -57,6 +64,8 @@ pub async fn serve(
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = begun.send(());
+        // Balancers watching the health service stop sending new calls here.
+        stopping.send_replace(true);
         push.shut_down().await;
     });
     // A client that never closes its side (a stream told to go, its request still open) would
@@ -67,11 +76,13 @@ pub async fn serve(
             Err(_) => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let served = tokio::select! {
         served = serving.into_future() => served,
         () = bounded => {
             tracing::warn!("connections still open {grace:?} after the streams ended: closing them");
             Ok(())
         }
-    }
+    };
+    health.abort();
+    served
 }
