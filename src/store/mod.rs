@@ -55,7 +55,10 @@ macro_rules! with_store_methods {
         /// on ScyllaDB): no member exists without its read state. The user row's `mode` never goes
         /// down (as in `upsert_user_conversation`).
         fn add_member(&self, member: &MemberRow, user_row: &UserConversationRow) -> StoreResult<()>;
-        fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
+        /// The member row and the member's `user_conversations` membership (its hot flag
+        /// included), as one unit (a logged batch on ScyllaDB): a removed member keeps nothing
+        /// that would make Sync, or a push stream, read the conversation.
+        fn remove_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()>;
         fn get_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<Option<MemberRow>>;
         /// Members ordered by user_id, strictly after `after`.
         fn list_members(&self, conversation_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<MemberRow>>;
@@ -66,7 +69,6 @@ macro_rules! with_store_methods {
         fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()>;
         /// Raises `mode` of an existing row (no row: nothing happens).
         fn raise_user_conversation_mode(&self, user_id: &str, conversation_id: &str, mode: DeliveryMode) -> StoreResult<()>;
-        fn delete_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<()>;
         fn get_user_conversation(&self, user_id: &str, conversation_id: &str) -> StoreResult<Option<UserConversationRow>>;
         /// The user's rows ordered by conversation_id, strictly after `after`.
         fn list_user_conversations(&self, user_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<UserConversationRow>>;

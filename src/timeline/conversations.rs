@@ -425,8 +425,7 @@ impl Timeline {
             targets.push(user);
         }
         for user in &targets {
-            self.store.delete_member(id, user).await?;
-            self.store.delete_user_conversation(user, id).await?;
+            self.store.remove_member(id, user).await?;
         }
         self.notify(|l| l.memberships_changed(id, &targets));
         let conversation = if targets.is_empty() {

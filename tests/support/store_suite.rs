@@ -135,8 +135,23 @@ pub async fn members_page_in_user_order_per_conversation(store: &dyn Store) {
     assert_eq!(store.count_members("g:a").await.unwrap(), 4);
     assert_eq!(store.count_members("g:ab").await.unwrap(), 1);
     assert!(store.get_member("g:a", "u2").await.unwrap().is_some());
-    store.delete_member("g:a", "u2").await.unwrap();
+    assert!(
+        store
+            .get_user_conversation("u2", "g:a")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.remove_member("g:a", "u2").await.unwrap();
     assert!(store.get_member("g:a", "u2").await.unwrap().is_none());
+    // Its membership went with it (one unit): nothing left that Sync would read.
+    assert!(
+        store
+            .get_user_conversation("u2", "g:a")
+            .await
+            .unwrap()
+            .is_none_or(|row| row.joined_seq == 0)
+    );
     assert_eq!(store.count_members("g:a").await.unwrap(), 3);
     // Each member came with its read state.
     assert_eq!(
@@ -209,13 +224,13 @@ pub async fn user_conversations_read_state_only_moves_forward(store: &dyn Store)
         store.advance_read_seq("alice", "g:nope", 3).await.unwrap(),
         None
     );
-    store
-        .delete_user_conversation("alice", "g:a")
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_user_conversation("alice", "g:a").await.unwrap(),
-        None
+    store.remove_member("g:a", "alice").await.unwrap();
+    assert!(
+        store
+            .get_user_conversation("alice", "g:a")
+            .await
+            .unwrap()
+            .is_none_or(|row| row.joined_seq == 0)
     );
 }
 

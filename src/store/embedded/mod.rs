@@ -331,10 +331,13 @@ impl Store for EmbeddedStore {
         .map(drop)
     }
 
-    async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()> {
-        let k = key_with_suffix(conversation_id, user_id);
+    async fn remove_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()> {
+        let member = key_with_suffix(conversation_id, user_id);
+        let membership = user_conversation_key(user_id, conversation_id);
         self.write(Box::new(move |t, batch| {
-            batch.remove(&t.members, k);
+            batch.remove(&t.members, member);
+            batch.remove(&t.user_hot, membership.clone());
+            batch.remove(&t.user_conversations, membership);
             Ok(Outcome::Done)
         }))
         .await
@@ -385,21 +388,6 @@ impl Store for EmbeddedStore {
                 batch.insert(&t.user_hot, k.clone(), []);
             }
             batch.insert(&t.user_conversations, k, encode(&row)?);
-            Ok(Outcome::Done)
-        }))
-        .await
-        .map(drop)
-    }
-
-    async fn delete_user_conversation(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<()> {
-        let k = user_conversation_key(user_id, conversation_id);
-        self.write(Box::new(move |t, batch| {
-            batch.remove(&t.user_hot, k.clone());
-            batch.remove(&t.user_conversations, k);
             Ok(Outcome::Done)
         }))
         .await

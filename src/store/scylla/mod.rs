@@ -168,9 +168,17 @@ impl Store for ScyllaStore {
         self.batch(BatchType::Logged, parts).await
     }
 
-    async fn delete_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()> {
-        self.exec(&self.st.delete_member, (conversation_id, user_id))
-            .await
+    async fn remove_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<()> {
+        let (c, u) = (conversation_id.to_owned(), user_id.to_owned());
+        let parts: Vec<BatchPart> = vec![
+            (
+                self.st.delete_member.clone(),
+                Box::new((c.clone(), u.clone())),
+            ),
+            (self.st.delete_user_membership.clone(), Box::new((u, c))),
+        ];
+        // Two partitions as one unit: no membership columns outlive the member.
+        self.batch(BatchType::Logged, parts).await
     }
 
     async fn get_member(
@@ -246,15 +254,6 @@ impl Store for ScyllaStore {
             .await?;
         }
         Ok(())
-    }
-
-    async fn delete_user_conversation(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<()> {
-        self.exec(&self.st.delete_user_membership, (user_id, conversation_id))
-            .await
     }
 
     async fn get_user_conversation(
