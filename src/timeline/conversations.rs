@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::error::{TimelineError, TimelineResult, invalid, not_a_member};
 use super::ids::*;
-use super::{Caller, Timeline};
+use super::{Broken, Caller, Timeline};
 use crate::cache::SeqKey;
 use crate::store::*;
 
@@ -425,7 +425,15 @@ impl Timeline {
             targets.push(user);
         }
         for user in &targets {
+            let kept = if self.broken(Broken::LeaveKeepsMembership) {
+                self.store.get_user_conversation(user, id).await?
+            } else {
+                None
+            };
             self.store.remove_member(id, user).await?;
+            if let Some(row) = kept {
+                self.store.upsert_user_conversation(&row).await?;
+            }
         }
         self.notify(|l| l.memberships_changed(id, &targets));
         let conversation = if targets.is_empty() {

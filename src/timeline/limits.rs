@@ -73,6 +73,10 @@ pub(crate) enum Broken {
     /// Mode switches publish their span without fencing allocation (and back-fill the fan-out
     /// instead), so a sender can deliver a seq of the new span the old way.
     SwitchWithoutFence,
+    /// A leave deletes the member row but its `user_conversations` membership survives (a
+    /// leave in two writes, the second lost), so Sync may go on reading the group for the
+    /// user who left.
+    LeaveKeepsMembership,
 }
 
 impl Default for Limits {

@@ -20,6 +20,9 @@ pub(super) struct World {
     /// conversation -> member -> (joined_seq as the service reported it, step of the join).
     pub(super) members: BTreeMap<String, BTreeMap<usize, (u64, usize)>>,
     pub(super) left: BTreeSet<(String, usize)>,
+    /// Who left what: (conversation, user, last conv_seq allocated at the leave, the re-join's
+    /// joined_seq): the user gets no conv_seq strictly between the two.
+    pub(super) away: Vec<(String, usize, u64, Option<u64>)>,
     /// message_id -> (the message, step at which it was acknowledged).
     pub(super) acked: BTreeMap<u64, (MessageRow, usize)>,
     /// (sender, client_msg_id) -> step of its first attempt: a joiner is owed what was first
@@ -97,6 +100,7 @@ impl World {
                 .collect(),
             members: BTreeMap::new(),
             left: BTreeSet::new(),
+            away: Vec::new(),
             acked: BTreeMap::new(),
             step: 0,
             first_attempt: BTreeMap::new(),
@@ -274,13 +278,22 @@ impl World {
                     .expect("join");
                 let step = self.step;
                 for m in added {
+                    for (c, who, _, until) in &mut self.away {
+                        if c == id && *who == u && until.is_none() {
+                            *until = Some(m.joined_seq);
+                        }
+                    }
                     self.members
                         .get_mut(id)
                         .unwrap()
                         .insert(u, (m.joined_seq, step));
                 }
             }
-            Op::Leave { user: u, group } => {
+            Op::Leave {
+                user: u,
+                group,
+                fault,
+            } => {
                 let id = GROUPS[group];
                 if self
                     .members
@@ -288,11 +301,30 @@ impl World {
                     .and_then(|m| m.remove(&u))
                     .is_some()
                 {
-                    self.timeline
+                    self.plan.arm(fault);
+                    let first = self
+                        .timeline
                         .remove_members(&caller(u, 0), id, &[user(u)])
+                        .await;
+                    self.plan.disarm();
+                    if first.is_err() {
+                        // The first attempt may have removed the member before it failed.
+                        match self
+                            .timeline
+                            .remove_members(&caller(u, 0), id, &[user(u)])
+                            .await
+                        {
+                            Ok(_) | Err(crate::timeline::TimelineError::PermissionDenied(_)) => {}
+                            Err(e) => panic!("leave, retried: {e}"),
+                        }
+                    }
+                    let last = self
+                        .timeline
+                        .current_seq(&crate::cache::SeqKey::Conversation(id.to_owned()))
                         .await
-                        .expect("leave");
+                        .expect("sequencer");
                     self.left.insert((id.to_owned(), u));
+                    self.away.push((id.to_owned(), u, last, None));
                 }
             }
             Op::Force { group, hot } => {
@@ -440,6 +472,28 @@ impl World {
                     rounds += 1;
                     prop_assert!(rounds < 500, "sync of {} does not converge", user(u));
                 }
+            }
+        }
+        for (id, u, after, until) in &self.away {
+            // A re-join may start at or below the leave's last seq (see
+            // `a_join_never_starts_above_a_seq_the_sequencer_may_reissue`): nothing in between.
+            if until.is_some_and(|until| until <= after + 1) {
+                continue;
+            }
+            for d in 0..DEVICES {
+                let got = self.devices[*u][d]
+                    .seqs
+                    .range((id.clone(), after + 1)..(id.clone(), until.unwrap_or(u64::MAX)))
+                    .next();
+                prop_assert!(
+                    got.is_none(),
+                    "isolation: {}/d{} left {} after #{} and got #{:?}",
+                    user(*u),
+                    d,
+                    id,
+                    after,
+                    got.map(|(_, seq)| seq)
+                );
             }
         }
         let mut members = self.members.clone();
