@@ -11,6 +11,7 @@ use ::scylla::deserialize::row::DeserializeRow;
 use ::scylla::policies::load_balancing::DefaultPolicy;
 use ::scylla::policies::retry::DefaultRetryPolicy;
 use ::scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use ::scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use ::scylla::response::{PagingState, PagingStateResponse};
 use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::SerialConsistency;
@@ -49,8 +50,13 @@ impl ScyllaStore {
         if options.nodes.is_empty() {
             return Err(StoreError::Config("scylla_nodes is empty".into()));
         }
+        // Write timestamps from this node's clock, monotonic across its writes, rather than from
+        // whichever coordinator takes each write: a node's own writes (an insert and the delete
+        // that follows it, a leave and a re-join) are then ordered as issued, whatever the
+        // coordinators' clocks say. Explicit `USING TIMESTAMP` writes keep their own.
         let mut builder = SessionBuilder::new()
             .known_nodes(&options.nodes)
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
             .connection_timeout(options.connect_timeout)
             .default_execution_profile_handle(Self::profile(options).into_handle());
         if let (Some(user), Some(password)) = (&options.username, &options.password) {
