@@ -17,8 +17,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::PushOptions;
 use super::channels::{self, Ephemeral, Hint, Target, conversation_channel, user_channel};
 use super::coalesce::CoalescedReads;
+use super::events::{Control, OpenStream, PushEvent, StreamItem, Transport};
 use super::publisher::Publisher;
-use super::session::{self, Control, OpenStream, PushEvent, StreamItem, Transport};
 use crate::cache::{Cache, CacheResult, PubSubEvent, SubscriberControl};
 use crate::metrics;
 use crate::timeline::Timeline;
@@ -157,15 +157,14 @@ impl Hub {
         self.shared_reads.user_changed(user_id);
     }
 
-    /// Opens a stream: registers it (within the limits), listens to its user's channel, marks
-    /// the device online, and starts its session. Returns the events to write to the client
-    /// and where the client's control frames go.
-    pub async fn open(
+    /// Admits a stream: registers it (within the limits), listens to its user's channel and
+    /// marks the device online; the session that runs it is started by `Hub::open`.
+    pub(super) async fn admit(
         self: &Arc<Self>,
-        open: OpenStream,
-    ) -> Result<(mpsc::Receiver<StreamItem>, mpsc::Sender<Control>), StreamLimitError> {
+        open: &OpenStream,
+    ) -> Result<Admitted, StreamLimitError> {
         let (out, events) = mpsc::channel(self.options.stream_queue);
-        let (control_tx, control_rx) = mpsc::channel(4);
+        let (control, frames) = mpsc::channel(4);
         let shared = Arc::new(Shared {
             user_id: open.caller.user_id.clone(),
             device_id: open.caller.device_id.clone(),
@@ -186,15 +185,14 @@ impl Hub {
             .await;
         self.shared_reads.user_changed(&shared.user_id);
         self.refresh_presence(&shared).await;
-        let shutdown = self.shutdown.subscribe();
-        tokio::spawn(session::run(
+        Ok(Admitted {
             registration,
             shared,
-            open,
-            control_rx,
-            shutdown,
-        ));
-        Ok((events, control_tx))
+            events,
+            control,
+            frames,
+            shutdown: self.shutdown.subscribe(),
+        })
     }
 
     fn register(
@@ -463,6 +461,18 @@ impl Hub {
     pub fn open_streams(&self) -> usize {
         lock(&self.state).streams.len()
     }
+}
+
+/// A stream the hub accepted, and what its session runs with.
+pub(super) struct Admitted {
+    pub registration: Registration,
+    pub shared: Arc<Shared>,
+    /// What the session writes, for the transport to send.
+    pub events: mpsc::Receiver<StreamItem>,
+    /// Where the transport puts the client's frames, and where the session reads them.
+    pub control: mpsc::Sender<Control>,
+    pub frames: mpsc::Receiver<Control>,
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Unregisters a stream when its session ends, however it ends.

@@ -12,14 +12,18 @@
 //!   queues hints and publishes them in batches, one Cache round trip per batch.
 //! - `hub.rs`: one per node: the open streams by user and by hot conversation, the node's one
 //!   subscriber connection, routing of hints to streams, limits and shutdown.
-//! - `session.rs`: one stream's loop: catch up, then wait for wake-ups, heartbeats, token
-//!   refreshes and shutdown.
+//! - `session.rs`: opening a stream, and its loop: catch up, then wait for wake-ups,
+//!   heartbeats, token refreshes and shutdown.
+//! - `events.rs`: what hub and sessions share of a stream: how it opens, control frames,
+//!   events, how it ends.
+//! - `coalesce.rs`: the streams' shared reads of the Cache.
 //! - `presence.rs`: presence queries and typing indicators.
 //!
 //! Transports (gRPC, WebSocket) live at the edge (`crate::api`) and only carry [`PushEvent`]s.
 
 mod channels;
 mod coalesce;
+mod events;
 mod hub;
 mod presence;
 mod publisher;
@@ -29,9 +33,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use events::{Control, OpenStream, PushEvent, StreamEnd, Transport};
 pub use hub::{Hub, StreamLimitError};
 pub use presence::{PresenceView, TypingOutcome};
-pub use session::{Control, OpenStream, PushEvent, StreamEnd, Transport};
 
 /// The `[push]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
