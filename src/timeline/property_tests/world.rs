@@ -333,10 +333,15 @@ impl World {
                 } else {
                     DeliveryMode::Fanout
                 };
-                self.timeline
-                    .switch_mode(GROUPS[group], mode, false)
-                    .await
-                    .expect("switch");
+                match self.timeline.switch_mode(GROUPS[group], mode, false).await {
+                    // A switch that crashed (inside a send) holds its claim and fence until
+                    // their leases lapse: the operator tries again later.
+                    Ok(_)
+                    | Err(crate::timeline::TimelineError::Cache(
+                        crate::cache::CacheError::Fenced(_),
+                    )) => {}
+                    Err(e) => panic!("switch: {e:?}"),
+                }
             }
             Op::SwitchAmidTraffic {
                 group,
