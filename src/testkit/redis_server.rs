@@ -2,13 +2,12 @@
 //! persistence, a temp dir; killed when dropped. Faults on demand: kill and restart on the same
 //! port, FLUSHALL, pause (SIGSTOP) and resume.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a started server may take to answer PING.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisProcessError {
@@ -17,8 +16,8 @@ pub enum RedisProcessError {
          scripts/test.sh does this)"
     )]
     Missing(std::io::Error),
-    #[error("redis-server on port {port} did not answer within {START_TIMEOUT:?}")]
-    NotReady { port: u16 },
+    #[error("redis-server on port {port} did not answer within {START_TIMEOUT:?}; its log: {log}")]
+    NotReady { port: u16, log: String },
     #[error("redis-server: {0}")]
     Io(#[from] std::io::Error),
     #[error("redis: {0}")]
@@ -43,7 +42,7 @@ impl RedisProcess {
         // A port taken between the probe and the start makes the server exit: try another.
         let mut last = None;
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = super::ports::free_port()?;
             let mut process = Self {
                 port,
                 dir: dir.clone(),
@@ -55,7 +54,10 @@ impl RedisProcess {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(RedisProcessError::NotReady { port: 0 }))
+        Err(last.unwrap_or(RedisProcessError::NotReady {
+            port: 0,
+            log: String::new(),
+        }))
     }
 
     fn spawn(&mut self) -> Result<(), RedisProcessError> {
@@ -67,6 +69,8 @@ impl RedisProcess {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--loglevel", "warning"])
+            .arg("--logfile")
+            .arg(self.log_path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -81,12 +85,26 @@ impl RedisProcess {
                 && child.try_wait()?.is_some()
             {
                 self.child = None;
-                return Err(RedisProcessError::NotReady { port: self.port });
+                return Err(self.not_ready());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        Err(RedisProcessError::NotReady { port: self.port })
+        Err(self.not_ready())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("redis-{}.log", self.port))
+    }
+
+    /// The error for a server that never answered, with the end of its log (why it exited).
+    fn not_ready(&self) -> RedisProcessError {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        RedisProcessError::NotReady {
+            port: self.port,
+            log: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -104,6 +122,8 @@ impl RedisProcess {
 
     pub fn ping(&self) -> Result<(), RedisProcessError> {
         let mut conn = self.connection()?;
+        // Something else on the port (or a self-connected probe) must not hang the wait.
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
         ::redis::cmd("PING").query::<String>(&mut conn)?;
         Ok(())
     }

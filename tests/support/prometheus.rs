@@ -1,7 +1,7 @@
 //! A private Prometheus server for tests: scrapes given targets every second, stores in a temp
 //! dir, listens on a free loopback port, and is killed when dropped.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,6 @@ pub struct PrometheusProcess {
     child: Child,
     pub addr: SocketAddr,
     _dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 impl PrometheusProcess {
@@ -35,7 +28,12 @@ impl PrometheusProcess {
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!(
+            "127.0.0.1:{}",
+            timeline::testkit::ports::free_port().expect("free port")
+        )
+        .parse()
+        .unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
