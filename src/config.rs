@@ -367,7 +367,7 @@ mod tests {
         let err = load("", &[("TIMELINE_STORE", "postgres")], Overrides::default()).unwrap_err();
         assert!(err.contains("postgres"), "{err}");
         let err = load(
-            "[scylla]\nconsistency = \"most\"\n",
+            "[scylla]\nwrite_consistency = \"most\"\n",
             &[],
             Overrides::default(),
         )

@@ -21,20 +21,21 @@ struct Fixture {
 const GRACE: Duration = Duration::from_millis(300);
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+fn fixture_with(adjust: impl FnOnce(&mut Limits)) -> Fixture {
+    let mut limits = Limits {
+        recovery_age: Duration::ZERO,
+        gap_grace: GRACE,
+        ..Limits::default()
+    };
+    adjust(&mut limits);
     let dir = tempfile::tempdir().unwrap();
     let store =
         EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, 4096)).unwrap();
     let cache = Arc::new(LocalCache::new());
-    let timeline = Timeline::new(
-        store.clone(),
-        cache.clone(),
-        Limits {
-            recovery_age: Duration::ZERO,
-            gap_grace: GRACE,
-            ..Limits::default()
-        },
-        Arc::new(SystemClock),
-    );
+    let timeline = Timeline::new(store.clone(), cache.clone(), limits, Arc::new(SystemClock));
     Fixture {
         timeline,
         store,
@@ -76,6 +77,19 @@ async fn crash_after_durable_write(
     conv_seq: u64,
     message_id: u64,
 ) -> MessageRow {
+    crash_after_durable_write_with(f, conv, conv_seq, message_id, Vec::new()).await
+}
+
+/// The same, with the inbox allocation a multi-step backend records before its fan-out writes.
+async fn crash_after_durable_write_with(
+    f: &Fixture,
+    conv: &str,
+    conv_seq: u64,
+    message_id: u64,
+    inbox_allocation: Vec<(String, u64)>,
+) -> MessageRow {
+    // Old enough to be re-driven and for its recorded seqs to be past the gap rule.
+    let created_at_ms = f.timeline.now_ms() - 60_000;
     let message = MessageRow {
         conversation_id: conv.into(),
         conv_seq,
@@ -85,19 +99,21 @@ async fn crash_after_durable_write(
         client_msg_id: "lost-ack".into(),
         content_type: "text/plain".into(),
         body: Bytes::from_static(b"hello"),
-        created_at_ms: 1,
+        created_at_ms,
         kind: MessageKind::User,
     };
+    let key = OutboxKey::for_message(&message);
     f.store
         .write_message(&MessageWrite {
             message: message.clone(),
             pending: Some(PendingFanoutRow {
-                shard: pending_shard(message_id),
+                bucket: key.bucket,
+                shard: key.shard,
                 message_id,
                 conversation_id: conv.into(),
                 conv_seq,
-                created_at_ms: 1,
-                inbox_allocation: Vec::new(),
+                created_at_ms,
+                inbox_allocation,
             }),
             idempotency: Some(IdempotencyRow {
                 sender_id: "alice".into(),
@@ -111,6 +127,63 @@ async fn crash_after_durable_write(
         .await
         .unwrap();
     message
+}
+
+/// A backend whose fan-out is several writes recorded the allocation, and a crash stopped it
+/// after some rows landed. Long after (a reader may have given the missing seqs up), the
+/// re-drive writes only the missing users, under fresh seqs: nobody gets the message twice.
+#[tokio::test]
+async fn a_late_redrive_completes_a_partial_fanout_without_copies() {
+    let f = fixture();
+    let conv = group(&f.timeline, "alice", &["bob", "carol"]).await;
+    let allocation: Vec<(String, u64)> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| (u.to_string(), 1))
+        .collect();
+    let message = crash_after_durable_write_with(&f, &conv, 1, 4343, allocation).await;
+    // alice's and bob's rows landed before the crash; carol's did not.
+    let landed = |user: &str| InboxRow {
+        user_id: user.into(),
+        inbox_seq: 1,
+        allocated_at_ms: message.created_at_ms,
+        message: message.clone(),
+    };
+    f.store
+        .write_fanout(&FanoutWrite {
+            inbox: vec![landed("alice"), landed("bob")],
+            activity: Vec::new(),
+            clear_pending: None,
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(
+        f.timeline
+            .recover_pending(f.timeline.now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+    for user in ["alice", "bob", "carol"] {
+        let rows = f
+            .store
+            .read_inbox(user, 0, InboxPosition::default(), 10)
+            .await
+            .unwrap();
+        let copies = rows
+            .iter()
+            .filter(|r| r.message.message_id == message.message_id)
+            .count();
+        assert_eq!(copies, 1, "{user}: {rows:?}");
+        assert_eq!(synced_ids(&f.timeline, user).await, [message.message_id]);
+    }
+    assert!(
+        f.store
+            .get_pending(OutboxKey::for_message(&message))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn synced_ids(t: &Timeline, user: &str) -> Vec<u64> {
@@ -141,9 +214,10 @@ async fn recovery_redrives_a_fanout_that_a_crash_interrupted() {
             "{user}"
         );
     }
+    let key = OutboxKey::for_message(&message);
     assert!(
         f.store
-            .list_pending(pending_shard(4242), 10)
+            .list_pending(key.bucket, key.shard, 10)
             .await
             .unwrap()
             .is_empty()
@@ -288,4 +362,49 @@ async fn a_fresh_cursor_stopped_at_a_young_gap_does_not_expire() {
         [sent.message_id],
         "the gap is skipped once old, the row after it delivered"
     );
+}
+
+/// A user at `max_conversations_per_user` cannot join another conversation (the list and
+/// Sync read that many and would leave the rest out); after a leave they can again.
+#[tokio::test]
+async fn a_join_past_the_conversation_cap_is_refused_with_a_clear_error() {
+    let f = fixture_with(|l| l.max_conversations_per_user = 2);
+    let first = group(&f.timeline, "alice", &["bob"]).await;
+    group(&f.timeline, "carol", &["bob"]).await;
+    let refused = f
+        .timeline
+        .create_conversation(
+            &caller("dave"),
+            CreateConversation {
+                kind: ConversationKind::Group,
+                conversation_id: String::new(),
+                title: "third".into(),
+                member_ids: vec!["bob".into()],
+            },
+        )
+        .await
+        .expect_err("bob is in 2 conversations");
+    let text = refused.to_string();
+    assert!(
+        text.contains("bob") && text.contains("max_conversations_per_user"),
+        "{text}"
+    );
+    let direct = f
+        .timeline
+        .send(
+            &caller("erin"),
+            SendMessage {
+                conversation_id: "d:bob:erin".into(),
+                client_msg_id: "c1".into(),
+                content_type: "text/plain".into(),
+                body: Bytes::from_static(b"hi"),
+            },
+        )
+        .await;
+    assert!(direct.is_err(), "a new direct chat is a join too");
+    f.timeline
+        .remove_members(&caller("bob"), &first, &["bob".into()])
+        .await
+        .unwrap();
+    group(&f.timeline, "dave", &["bob"]).await;
 }

@@ -178,14 +178,107 @@ fn every_table_is_used_and_every_key_choice_is_deliberate() {
     );
     assert!(schema.tables["inbox"].options["compaction"].contains("TimeWindowCompactionStrategy"));
     assert!(schema.replication.contains("NetworkTopologyStrategy"));
-    // Both timelines descend in both key columns: ascending reads ascend in both.
-    for t in ["messages", "inbox"] {
-        assert!(
-            schema.tables[t]
-                .clustering
-                .iter()
-                .all(|(_, o)| *o == cql::Order::Desc),
-            "{t}"
-        );
+    // History reads messages newest first; Sync reads the inbox oldest first: each table is
+    // clustered the way it is mostly read.
+    let order = |t: &str| -> Vec<cql::Order> {
+        schema.tables[t]
+            .clustering
+            .iter()
+            .map(|(_, o)| *o)
+            .collect()
+    };
+    assert_eq!(order("messages"), [cql::Order::Desc, cql::Order::Desc]);
+    assert_eq!(order("inbox"), [cql::Order::Asc, cql::Order::Asc]);
+}
+
+/// No secondary index or materialized view: with either, ScyllaDB reads (and locks) the base
+/// row before every write to the table.
+#[test]
+fn no_table_has_an_index_or_a_view() {
+    let schema = schema();
+    for table in schema.tables.values() {
+        assert!(table.local_indexes.is_empty(), "{}: an index", table.name);
+    }
+    let upper = SCHEMA_CQL.to_ascii_uppercase();
+    for kind in ["CREATE INDEX", "CREATE CUSTOM INDEX", "MATERIALIZED VIEW"] {
+        assert!(!upper.contains(kind), "schema.cql has {kind}");
+    }
+}
+
+/// The outbox is a queue (each row deleted right after its insert): it is read one small
+/// time bucket at a time, never across its whole history, its tombstones go once the hint
+/// window is over, and a TTL bounds whatever no node re-drove.
+#[test]
+fn the_outbox_is_read_by_time_bucket_and_expires() {
+    let schema = schema();
+    let outbox = &schema.tables["outbox"];
+    assert_eq!(outbox.partition_key, ["bucket", "shard"]);
+    let gc: u64 = outbox.options["gc_grace_seconds"].parse().unwrap();
+    assert!(
+        gc >= 3 * 3600,
+        "gc_grace_seconds {gc} shorter than the hint window"
+    );
+    assert!(outbox.options["tombstone_gc"].contains("timeout"));
+    assert!(outbox.options["compaction"].contains("TimeWindowCompactionStrategy"));
+    let ttl: u64 = outbox.options["default_time_to_live"].parse().unwrap();
+    assert!(
+        ttl >= 86_400,
+        "the safety TTL outlives any recovery lookback"
+    );
+    for (name, text) in statements::STATEMENTS {
+        let st = Statement::parse(text).unwrap();
+        if st.table == "outbox" && st.kind == cql::StatementKind::Select {
+            // The check above already requires the whole partition key by equality; a
+            // partition is one bucket and shard.
+            assert!(
+                st.relations.iter().any(|r| r.columns == ["bucket"]),
+                "{name}: reads the outbox without a time bucket"
+            );
+        }
+    }
+}
+
+/// Aggregates page inside ScyllaDB at the client's page size under one timeout: the one
+/// count (of members, on membership changes) runs unpaged under its own profile.
+#[test]
+fn the_only_aggregate_is_the_member_count() {
+    let counts: Vec<&str> = statements::STATEMENTS
+        .iter()
+        .filter(|(_, text)| text.to_ascii_uppercase().contains("COUNT("))
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(counts, ["count_members"]);
+}
+
+/// Every collection column is frozen: a non-frozen one writes a collection tombstone with
+/// every overwrite.
+#[test]
+fn collections_are_frozen() {
+    for table in schema().tables.values() {
+        for (column, t) in &table.columns {
+            let mutable_collection =
+                matches!(t, CqlType::List(_) | CqlType::Set(_) | CqlType::Map(..));
+            assert!(!mutable_collection, "{}.{column}: {t:?}", table.name);
+        }
+    }
+}
+
+/// Reads run at the read level and writes at the write level (ScyllaDB refuses EACH_QUORUM
+/// for reads, which a single setting for both would have allowed).
+#[test]
+fn each_statement_runs_at_the_level_of_its_kind() {
+    use scylla::statement::Consistency;
+    let levels = statements::Levels {
+        read: Consistency::LocalQuorum,
+        write: Consistency::EachQuorum,
+    };
+    for (name, text) in statements::STATEMENTS {
+        let st = Statement::parse(text).unwrap();
+        let expected = if st.kind == cql::StatementKind::Select {
+            Consistency::LocalQuorum
+        } else {
+            Consistency::EachQuorum
+        };
+        assert_eq!(levels.of(text), expected, "{name}");
     }
 }

@@ -31,11 +31,39 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Number of partitions of `pending_fanout`; a message's shard is `message_id % PENDING_SHARDS`.
-pub const PENDING_SHARDS: u32 = 16;
+/// Width of an outbox time bucket: an entry lives in the partition `(created_at / width,
+/// message_id % OUTBOX_SHARDS)`, so recovery reads only the buckets it has not drained yet and
+/// never pages through the tombstones of every send ever made.
+pub const OUTBOX_BUCKET_MS: i64 = 10_000;
+/// Partitions per outbox time bucket: the sends of one bucket spread over this many.
+pub const OUTBOX_SHARDS: u32 = 16;
 
-pub fn pending_shard(message_id: u64) -> u32 {
-    (message_id % u64::from(PENDING_SHARDS)) as u32
+/// The primary key of an outbox entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutboxKey {
+    pub bucket: u64,
+    pub shard: u32,
+    pub message_id: u64,
+}
+
+impl OutboxKey {
+    /// The key of the entry a message written at `created_at_ms` gets.
+    pub fn of(message_id: u64, created_at_ms: i64) -> Self {
+        Self {
+            bucket: outbox_bucket(created_at_ms),
+            shard: (message_id % u64::from(OUTBOX_SHARDS)) as u32,
+            message_id,
+        }
+    }
+
+    pub fn for_message(message: &MessageRow) -> Self {
+        Self::of(message.message_id, message.created_at_ms)
+    }
+}
+
+/// The outbox time bucket of an instant (instants before the epoch share bucket 0).
+pub fn outbox_bucket(at_ms: i64) -> u64 {
+    u64::try_from(at_ms.max(0) / OUTBOX_BUCKET_MS).unwrap_or(0)
 }
 
 /// The `Store` methods, written once: the trait below is declared from this list, and so is
@@ -44,10 +72,13 @@ macro_rules! with_store_methods {
     ($callback:ident { $($prefix:tt)* }) => {
         $callback! { $($prefix)*
         // --- conversations ---------------------------------------------------------------------
-        /// `INSERT ... IF NOT EXISTS`: returns the existing row when there was one.
+        /// `INSERT ... IF NOT EXISTS`: returns the existing row when there was one. Its
+        /// `member_count` counts as counted at `created_at_ms` (see `set_member_count`).
         fn insert_conversation_if_absent(&self, row: &ConversationRow) -> StoreResult<Option<ConversationRow>>;
         fn get_conversation(&self, conversation_id: &str) -> StoreResult<Option<ConversationRow>>;
-        fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()>;
+        /// Sets a count that started at `counted_at_ms`, unless a count that started later was
+        /// already set: of two racing counts the later one saw every change the earlier did.
+        fn set_member_count(&self, conversation_id: &str, member_count: u32, counted_at_ms: i64) -> StoreResult<()>;
         /// Replaces the mode history (`UPDATE conversations SET mode_spans = ?, ...`).
         fn update_conversation_mode(&self, conversation_id: &str, spans: &[ModeSpan], forced: bool, changed_at_ms: i64) -> StoreResult<()>;
         // --- members -----------------------------------------------------------------------------
@@ -62,6 +93,8 @@ macro_rules! with_store_methods {
         fn get_member(&self, conversation_id: &str, user_id: &str) -> StoreResult<Option<MemberRow>>;
         /// Members ordered by user_id, strictly after `after`.
         fn list_members(&self, conversation_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<MemberRow>>;
+        /// Counts the partition (one request on ScyllaDB, with its own longer timeout): run on
+        /// membership changes, never per message.
         fn count_members(&self, conversation_id: &str) -> StoreResult<u64>;
         // --- user_conversations -----------------------------------------------------------------
         /// Writes the row; its `mode` never goes down (an existing `Hot` stays: on ScyllaDB the
@@ -93,8 +126,9 @@ macro_rules! with_store_methods {
         fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;
         // --- inbox -------------------------------------------------------------------------------
         /// The fan-out step: inbox rows, activity updates and clearing the outbox entry. After a
-        /// crash either all of it is visible, or the outbox entry is still there (with the inbox
-        /// allocation recorded when the backend writes in several steps) so a re-drive completes it.
+        /// crash either all of it is visible, or the outbox entry is still there so a re-drive
+        /// completes it; a backend that writes in several steps first records the inbox
+        /// allocation in the entry, so the re-drive rewrites the same rows.
         fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()>;
         /// Rows of one `(user_id, bucket)` partition strictly after `after`, ascending.
         fn read_inbox(&self, user_id: &str, bucket: u64, after: InboxPosition, limit: usize) -> StoreResult<Vec<InboxRow>>;
@@ -108,10 +142,11 @@ macro_rules! with_store_methods {
         // --- idempotency ------------------------------------------------------------------------
         /// The record, unless it is older than `ttl_ms` (rows expire by TTL on ScyllaDB).
         fn get_idempotency(&self, sender_id: &str, client_msg_id: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<Option<IdempotencyRow>>;
-        // --- pending_fanout ---------------------------------------------------------------------
-        fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
-        fn get_pending(&self, shard: u32, message_id: u64) -> StoreResult<Option<PendingFanoutRow>>;
-        fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()>;
+        // --- outbox -------------------------------------------------------------------------------
+        /// The entries of one `(bucket, shard)` partition, by message_id.
+        fn list_pending(&self, bucket: u64, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
+        fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>>;
+        fn delete_pending(&self, key: OutboxKey) -> StoreResult<()>;
         // --- the node ------------------------------------------------------------------------
         /// Answers once the store can serve reads and writes (readiness).
         fn ping(&self) -> StoreResult<()>;

@@ -46,10 +46,11 @@ pub struct IdempotencyRow {
     pub created_at_ms: i64,
 }
 
-/// `pending_fanout`, partition key `shard`, clustering `message_id`: the outbox that crash
-/// recovery re-drives.
+/// `outbox`, partition key `(bucket, shard)`, clustering `message_id`: the fan-outs still to
+/// do, which crash recovery re-drives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingFanoutRow {
+    pub bucket: u64,
     pub shard: u32,
     pub message_id: u64,
     pub conversation_id: String,
@@ -58,6 +59,16 @@ pub struct PendingFanoutRow {
     /// Inbox sequence numbers already allocated for this message, recorded by backends whose
     /// fan-out write is not atomic so that a re-drive rewrites the same rows instead of new ones.
     pub inbox_allocation: Vec<(String, u64)>,
+}
+
+impl PendingFanoutRow {
+    pub fn key(&self) -> super::OutboxKey {
+        super::OutboxKey {
+            bucket: self.bucket,
+            shard: self.shard,
+            message_id: self.message_id,
+        }
+    }
 }
 
 /// Raises one member's `user_conversations` row after a fan-out: `last_seq` and
@@ -86,8 +97,8 @@ pub struct MessageWrite {
 pub struct FanoutWrite {
     pub inbox: Vec<InboxRow>,
     pub activity: Vec<ActivityUpdate>,
-    /// `(shard, message_id)` of the outbox entry to clear once the rest is written.
-    pub clear_pending: Option<(u32, u64)>,
+    /// The outbox entry to clear once the rest is written.
+    pub clear_pending: Option<super::OutboxKey>,
 }
 
 /// A position in an inbox: its clustering key. Reads return rows strictly after it.

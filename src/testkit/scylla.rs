@@ -34,6 +34,9 @@ impl ScyllaOptions {
                     .unwrap_or_else(|e| panic!("{k}={v:?} is not {what}: {e}"))
             })
         };
+        let consistency = env("SCYLLA_CONSISTENCY").map_or(Consistency::LocalQuorum, |c| {
+            parse_consistency(&c).unwrap_or_else(|e| panic!("SCYLLA_CONSISTENCY: {e}"))
+        });
         Self {
             nodes: crate::units::comma_list(&nodes),
             keyspace: format!(
@@ -44,9 +47,8 @@ impl ScyllaOptions {
             .parse()
             .expect("a valid keyspace name"),
             local_dc: env("SCYLLA_LOCAL_DC").unwrap_or_default(),
-            consistency: env("SCYLLA_CONSISTENCY").map_or(Consistency::LocalQuorum, |c| {
-                parse_consistency(&c).unwrap_or_else(|e| panic!("SCYLLA_CONSISTENCY: {e}"))
-            }),
+            write_consistency: consistency,
+            read_consistency: consistency,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             username: env("SCYLLA_USERNAME"),

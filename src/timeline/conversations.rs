@@ -194,6 +194,8 @@ impl Timeline {
                 joined_at_ms: now,
             })
             .collect();
+        let joiners: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+        self.check_conversation_cap(&joiners).await?;
         let rows: Vec<UserConversationRow> = members
             .iter()
             .map(|m| UserConversationRow {
@@ -225,13 +227,33 @@ impl Timeline {
             && let Some(current) = self.store.get_conversation(id).await?
             && mode_of(&current) == DeliveryMode::Hot
         {
-            for m in &members {
-                self.store
-                    .raise_user_conversation_mode(&m.user_id, id, DeliveryMode::Hot)
-                    .await?;
-            }
+            let users: Vec<String> = members.iter().map(|m| m.user_id.clone()).collect();
+            self.flag_hot(id, &users).await?;
         }
         Ok(members)
+    }
+
+    /// Refuses the join of a user who is in `max_conversations_per_user` conversations
+    /// already: the list and Sync's hot sources read that many, and would silently leave out
+    /// the rest.
+    async fn check_conversation_cap(&self, users: &[&str]) -> TimelineResult<()> {
+        let cap = self.limits.max_conversations_per_user;
+        let reads: Vec<_> = users
+            .iter()
+            .map(|user| self.store.list_user_conversations(user, None, cap))
+            .collect();
+        let counts: Vec<usize> = stream::iter(reads)
+            .buffered(JOIN_CONCURRENCY)
+            .map_ok(|rows| rows.len())
+            .try_collect()
+            .await?;
+        if let Some((user, _)) = users.iter().zip(counts).find(|(_, n)| *n >= cap) {
+            return Err(TimelineError::ResourceExhausted(format!(
+                "{user} is in {cap} conversations, the most a user may be in \
+                 (max_conversations_per_user)"
+            )));
+        }
+        Ok(())
     }
 
     /// The conversation a send goes to, creating a direct chat on first use.
@@ -390,13 +412,15 @@ impl Timeline {
         &self,
         conversation: &ConversationRow,
     ) -> TimelineResult<ConversationRow> {
+        // Taken before counting: racing refreshes keep the count that started last.
+        let counted_at_ms = self.clock.now_ms();
         let count = self
             .store
             .count_members(&conversation.conversation_id)
             .await?;
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         self.store
-            .set_member_count(&conversation.conversation_id, count)
+            .set_member_count(&conversation.conversation_id, count, counted_at_ms)
             .await?;
         Ok(ConversationRow {
             member_count: count,

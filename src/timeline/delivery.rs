@@ -7,17 +7,20 @@
 //! given up by a reader as abandoned: [`Timeline::late`] says so and the writer repeats it
 //! under a fresh seq, at most [`MAX_LATE_REWRITES`] times.
 
-use super::Timeline;
 use super::error::{TimelineError, TimelineResult};
 use super::reads::read_pages;
+use super::{Broken, Timeline};
 use crate::cache::{HotEntry, SeqKey, SeqRequest};
 use crate::metrics;
 use crate::store::*;
 
 /// Members read per page while fanning out.
 const MEMBER_PAGE: usize = 1000;
-/// Outbox entries read per shard per recovery pass.
+/// Outbox entries read per partition per recovery pass.
 const RECOVERY_BATCH: usize = 256;
+/// How far behind another node's clock may be: it stamps its outbox entries with its own time,
+/// so a bucket is drained for good only this long after it ended.
+const OUTBOX_CLOCK_SKEW_MS: i64 = 10_000;
 /// A send rewritten this often and still late gives up rewriting (its last copy stands).
 pub(crate) const MAX_LATE_REWRITES: u32 = 3;
 
@@ -38,23 +41,15 @@ pub(crate) fn decode_message(payload: &[u8]) -> TimelineResult<MessageRow> {
 
 impl Timeline {
     pub(crate) fn outbox_entry(&self, message: &MessageRow) -> PendingFanoutRow {
+        let key = OutboxKey::for_message(message);
         PendingFanoutRow {
-            shard: pending_shard(message.message_id),
+            bucket: key.bucket,
+            shard: key.shard,
             message_id: message.message_id,
             conversation_id: message.conversation_id.clone(),
             conv_seq: message.conv_seq,
             created_at_ms: message.created_at_ms,
             inbox_allocation: Vec::new(),
-        }
-    }
-
-    /// The inbox allocation an outbox entry recorded, while it is young enough that no reader
-    /// can have given its seqs up; otherwise none (the re-drive allocates afresh).
-    pub(crate) fn still_valid<'a>(&self, entry: &'a PendingFanoutRow) -> &'a [(String, u64)] {
-        if self.late(entry.created_at_ms) {
-            &[]
-        } else {
-            &entry.inbox_allocation
         }
     }
 
@@ -164,8 +159,7 @@ impl Timeline {
             .write_fanout(&FanoutWrite {
                 inbox,
                 activity,
-                clear_pending: clear_pending
-                    .then(|| (pending_shard(message.message_id), message.message_id)),
+                clear_pending: clear_pending.then(|| OutboxKey::for_message(message)),
             })
             .await?;
         ::metrics::counter!(metrics::INBOX_ROWS_WRITTEN).increment(allocation.len() as u64);
@@ -236,7 +230,7 @@ impl Timeline {
             .await?;
         if clear_outbox {
             self.store
-                .delete_pending(pending_shard(message.message_id), message.message_id)
+                .delete_pending(OutboxKey::for_message(message))
                 .await?;
         }
         Ok(())
@@ -246,11 +240,42 @@ impl Timeline {
     /// wrote the entry on a stale hint and stopped before delivering) — appends it to the
     /// window and clears the entry, so a hot seq never gets inbox rows. The conversation is
     /// read after the message, so its spans are final for the message's seq.
+    ///
+    /// One re-drive at a time per message (a Cache claim): recovery on every node and a
+    /// client's retry may find the same entry, and two re-drives would each add inbox rows.
+    /// Returns false when another holds the claim (the entry is left to it).
     pub(crate) async fn redrive(
         &self,
         message: &MessageRow,
         entry: &PendingFanoutRow,
+    ) -> TimelineResult<bool> {
+        let key = redrive_claim_key(message.message_id);
+        let holder = rand::random::<u64>();
+        if self
+            .cache
+            .claim(&key, holder, self.limits.send_claim_lease)
+            .await?
+            .is_some()
+            && !self.broken(Broken::RedriveWithoutClaim)
+        {
+            return Ok(false);
+        }
+        let done = self.redrive_claimed(message, entry).await;
+        if let Err(e) = self.cache.release_claim(&key, holder).await {
+            tracing::debug!(error = %e, "re-drive claim not released: it lapses");
+        }
+        done.map(|()| true)
+    }
+
+    async fn redrive_claimed(
+        &self,
+        message: &MessageRow,
+        entry: &PendingFanoutRow,
     ) -> TimelineResult<()> {
+        // Someone else finished it between our read of the entry and the claim.
+        if self.store.get_pending(entry.key()).await?.is_none() {
+            return Ok(());
+        }
         let hot = self
             .store
             .get_conversation(&message.conversation_id)
@@ -258,36 +283,128 @@ impl Timeline {
             .is_some_and(|c| c.mode_at(message.conv_seq) == DeliveryMode::Hot);
         if hot {
             self.deliver_hot(message, true).await?;
+        } else if entry.inbox_allocation.is_empty() || !self.late(entry.created_at_ms) {
+            // Young enough that no reader gave the recorded seqs up: rewrite the same rows.
+            self.fan_out(message, &entry.inbox_allocation).await?;
         } else {
-            self.fan_out(message, self.still_valid(entry)).await?;
+            // A reader may have passed a recorded seq whose row never landed: the users whose
+            // row did land are done, the others get fresh seqs.
+            let mut missing = Vec::new();
+            for (user, seq) in &entry.inbox_allocation {
+                if !self
+                    .inbox_row_landed(user, *seq, message.message_id)
+                    .await?
+                {
+                    missing.push(user.clone());
+                }
+            }
+            let written = self.write_to_inboxes(message, missing, None, true).await?;
+            ::metrics::histogram!(metrics::SEND_FANOUT_WIDTH).record(written as f64);
         }
         Ok(())
     }
 
+    /// Whether `user`'s inbox holds `message_id` at `inbox_seq`.
+    async fn inbox_row_landed(
+        &self,
+        user: &str,
+        inbox_seq: u64,
+        message_id: u64,
+    ) -> TimelineResult<bool> {
+        let Some(before) = inbox_seq.checked_sub(1) else {
+            return Ok(false);
+        };
+        let rows = self
+            .store
+            .read_inbox(
+                user,
+                inbox_seq / self.limits.bucket_size,
+                InboxPosition {
+                    inbox_seq: before,
+                    message_id: u64::MAX,
+                },
+                4,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .take_while(|r| r.inbox_seq == inbox_seq)
+            .any(|r| r.message.message_id == message_id))
+    }
+
     /// Re-drives every outbox entry created at or before `created_before_ms`; returns how many.
+    ///
+    /// Reads the time buckets from the first one this node has not drained (at its first pass:
+    /// `recovery_lookback` back) to the one `created_before_ms` falls in. A bucket whose every
+    /// entry was re-driven, and which ended long enough ago that no node can still add to it,
+    /// is drained and not read again.
     pub async fn recover_pending(&self, created_before_ms: i64) -> TimelineResult<usize> {
+        let first = {
+            let lookback = self.limits.recovery_lookback.as_millis() as i64;
+            let mut undrained = self
+                .outbox_undrained
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *undrained.get_or_insert(outbox_bucket(created_before_ms - lookback))
+        };
+        let last = outbox_bucket(created_before_ms);
         let mut redriven = 0;
-        for shard in 0..PENDING_SHARDS {
-            for entry in self.store.list_pending(shard, RECOVERY_BATCH).await? {
-                if entry.created_at_ms > created_before_ms {
-                    continue;
+        let mut undrained = first;
+        for bucket in first..=last {
+            let ended_ms = (bucket as i64 + 1) * OUTBOX_BUCKET_MS;
+            let mut drained = ended_ms + OUTBOX_CLOCK_SKEW_MS <= created_before_ms;
+            for shard in 0..OUTBOX_SHARDS {
+                let entries = self
+                    .store
+                    .list_pending(bucket, shard, RECOVERY_BATCH)
+                    .await?;
+                drained &= entries.len() < RECOVERY_BATCH;
+                for entry in entries {
+                    if entry.created_at_ms > created_before_ms {
+                        drained = false;
+                        continue;
+                    }
+                    if self.redrive_entry(&entry).await? {
+                        ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "recovery")
+                            .increment(1);
+                        redriven += 1;
+                    } else {
+                        drained = false;
+                    }
                 }
-                match self
-                    .find_message(&entry.conversation_id, entry.conv_seq, entry.message_id)
-                    .await?
-                {
-                    Some(message) => self.redrive(&message, &entry).await?,
-                    // The entry is written with its message: without one there is nothing to
-                    // deliver, and keeping it would re-drive forever.
-                    None => self.store.delete_pending(shard, entry.message_id).await?,
-                }
-                ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "recovery")
-                    .increment(1);
-                redriven += 1;
+            }
+            if drained && undrained == bucket {
+                undrained = bucket + 1;
             }
         }
+        *self
+            .outbox_undrained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(undrained);
         Ok(redriven)
     }
+
+    /// Re-drives one entry unless another node holds its claim; false when it was left.
+    async fn redrive_entry(&self, entry: &PendingFanoutRow) -> TimelineResult<bool> {
+        match self
+            .find_message(&entry.conversation_id, entry.conv_seq, entry.message_id)
+            .await?
+        {
+            Some(message) => self.redrive(&message, entry).await,
+            // The entry is written with its message: without one there is nothing to deliver
+            // (or it is what a late allocation record recreated), and keeping it would re-drive
+            // it forever.
+            None => {
+                self.store.delete_pending(entry.key()).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The Cache claim a re-drive of the message holds.
+pub(crate) fn redrive_claim_key(message_id: u64) -> String {
+    format!("redrive:{message_id}")
 }
 
 /// When an inbox's head enters a new bucket, the one bucket that just fell entirely below
@@ -303,7 +420,110 @@ fn droppable_bucket(head: u64, size: u64, max_rows: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::cache::Cache;
+    use crate::cache::local::LocalCache;
+    use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
+    use crate::testkit::faults::ManualClock;
+    use crate::timeline::{Caller, Clock, CreateConversation, Limits};
+
+    /// Another node is re-driving an interrupted send (it holds the claim) when this node's
+    /// recovery finds the entry: this node leaves it, and keeps the bucket to read again.
+    /// Returns bob's inbox copies after that pass and after a pass once the claim is gone.
+    /// (Sync hides a second copy landing next to the first, so the property test's client
+    /// view cannot see a double re-drive: the rows are counted here.)
+    async fn copies_while_another_node_redrives(broken: Option<Broken>) -> (usize, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 64))
+            .unwrap();
+        let cache = Arc::new(LocalCache::new());
+        let clock = ManualClock::new(1_800_000_000_000);
+        let node = |id| {
+            Timeline::new(
+                store.clone(),
+                cache.clone(),
+                Limits {
+                    node_id: id,
+                    broken,
+                    ..Limits::default()
+                },
+                clock.clone(),
+            )
+        };
+        let a = node(1);
+        let alice = Caller {
+            user_id: "alice".into(),
+            device_id: "d".into(),
+            admin: false,
+        };
+        let (group, _) = a
+            .create_conversation(
+                &alice,
+                CreateConversation {
+                    kind: ConversationKind::Group,
+                    conversation_id: String::new(),
+                    title: "g".into(),
+                    member_ids: vec!["bob".into()],
+                },
+            )
+            .await
+            .unwrap();
+        // What a crash after the durable step leaves: the message and its outbox entry.
+        let message = MessageRow {
+            conversation_id: group.conversation_id.clone(),
+            conv_seq: 1,
+            message_id: 77,
+            sender_id: "alice".into(),
+            sender_device_id: "d".into(),
+            client_msg_id: "c".into(),
+            content_type: "text/plain".into(),
+            body: bytes::Bytes::from_static(b"hi"),
+            created_at_ms: clock.now_ms(),
+            kind: MessageKind::User,
+        };
+        store
+            .write_message(&MessageWrite {
+                pending: Some(a.outbox_entry(&message)),
+                message: message.clone(),
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(10));
+        let other_node = 999;
+        let key = redrive_claim_key(message.message_id);
+        let lease = Duration::from_secs(30);
+        assert_eq!(cache.claim(&key, other_node, lease).await.unwrap(), None);
+        let copies = || async {
+            let rows = store
+                .read_inbox("bob", 0, InboxPosition::default(), 100)
+                .await
+                .unwrap();
+            rows.iter()
+                .filter(|r| r.message.message_id == message.message_id)
+                .count()
+        };
+        a.recover_pending(clock.now_ms()).await.unwrap();
+        let while_claimed = copies().await;
+        cache.release_claim(&key, other_node).await.unwrap();
+        a.recover_pending(clock.now_ms()).await.unwrap();
+        (while_claimed, copies().await)
+    }
+
+    #[tokio::test]
+    async fn a_redrive_leaves_an_entry_another_node_is_redriving() {
+        assert_eq!(copies_while_another_node_redrives(None).await, (0, 1));
+        // Without the claim both nodes would write a copy: the check catches it.
+        assert_eq!(
+            copies_while_another_node_redrives(Some(Broken::RedriveWithoutClaim))
+                .await
+                .0,
+            1
+        );
+    }
 
     #[test]
     fn retention_drops_each_bucket_once_the_head_leaves_it_far_enough_behind() {

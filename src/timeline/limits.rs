@@ -36,6 +36,12 @@ pub struct Limits {
     /// Outbox entries older than this are re-driven by the recovery loop.
     #[serde(with = "crate::units::human")]
     pub recovery_age: Duration,
+    /// How far back a starting node's recovery reads the outbox; a running node then reads each
+    /// bucket until it has drained it. Entries older than this at start are left (they still
+    /// expire by the table's TTL): raise it for one start after the whole cluster was down
+    /// longer.
+    #[serde(with = "crate::units::human")]
+    pub recovery_lookback: Duration,
     /// A conversation with this many members is hot.
     pub hot_threshold: u32,
     /// A conversation fanning out more inbox rows per second than this is hot.
@@ -77,6 +83,9 @@ pub(crate) enum Broken {
     /// leave in two writes, the second lost), so Sync may go on reading the group for the
     /// user who left.
     LeaveKeepsMembership,
+    /// Re-drives take no claim, so two nodes' recovery passes (or recovery and a client's
+    /// retry) both re-drive one outbox entry, each under fresh inbox seqs.
+    RedriveWithoutClaim,
 }
 
 impl Default for Limits {
@@ -100,6 +109,7 @@ impl Default for Limits {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             send_claim_lease: Duration::from_secs(30),
             recovery_age: Duration::from_secs(5),
+            recovery_lookback: Duration::from_secs(3600),
             hot_threshold: 500,
             hot_fanout_rows_per_sec: 20_000,
             mode_min_dwell: Duration::from_secs(60),
@@ -144,6 +154,9 @@ impl Limits {
         }
         if self.hot_window == 0 || self.hot_threshold < 2 {
             return Err("hot_window must be positive and hot_threshold at least 2".into());
+        }
+        if self.recovery_lookback <= self.recovery_age {
+            return Err("recovery_lookback must be longer than recovery_age".into());
         }
         if self.recovery_interval.is_zero() {
             return Err("recovery_interval must be positive".into());

@@ -78,6 +78,9 @@ pub struct Timeline {
     pub(crate) fanout_rates: mode::RateTracker,
     /// Told of every delivery (push wakes streams with it); set once, by the node.
     listener: OnceLock<Arc<dyn DeliveryListener>>,
+    /// The first outbox bucket this node's recovery has not drained yet (`None` before its
+    /// first pass).
+    pub(crate) outbox_undrained: std::sync::Mutex<Option<u64>>,
 }
 
 impl Timeline {
@@ -93,6 +96,7 @@ impl Timeline {
             ids: Arc::new(ids::Snowflake::new(limits.node_id)),
             fanout_rates: mode::RateTracker::default(),
             listener: OnceLock::new(),
+            outbox_undrained: std::sync::Mutex::new(None),
             limits,
             clock,
         })
@@ -107,6 +111,7 @@ impl Timeline {
             ids: self.ids.clone(),
             fanout_rates: mode::RateTracker::default(),
             listener: OnceLock::new(),
+            outbox_undrained: std::sync::Mutex::new(None),
             limits: self.limits.clone(),
             clock: self.clock.clone(),
         })

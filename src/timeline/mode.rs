@@ -28,6 +28,8 @@ use crate::store::*;
 
 /// Members flagged per page of the member list during a switch to hot.
 const FLAG_PAGE: usize = 1000;
+/// Rows raised to hot at once during a switch.
+const FLAG_CONCURRENCY: usize = 64;
 /// How long a switch holds the conversation's switch claim at most.
 const SWITCH_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a switch's fence holds allocation back at most: far longer than the one Store write
@@ -258,12 +260,33 @@ impl Timeline {
             |_| true,
         )
         .await?;
-        for member in &members {
-            self.store
-                .raise_user_conversation_mode(&member.user_id, conversation_id, DeliveryMode::Hot)
-                .await?;
-        }
-        Ok(members.into_iter().map(|m| m.user_id).collect())
+        let users: Vec<String> = members.into_iter().map(|m| m.user_id).collect();
+        self.flag_hot(conversation_id, &users).await?;
+        Ok(users)
+    }
+
+    /// Raises the users' rows of the conversation to hot, many at once: a switch of a
+    /// 100,000-member group must finish well inside its claim's lease.
+    pub(crate) async fn flag_hot(
+        &self,
+        conversation_id: &str,
+        users: &[String],
+    ) -> TimelineResult<()> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        // Futures made up front: a closure inside the stream trips rustc's higher-ranked
+        // lifetime inference for the callers' Send bounds.
+        let writes: Vec<_> = users
+            .iter()
+            .map(|user| {
+                self.store
+                    .raise_user_conversation_mode(user, conversation_id, DeliveryMode::Hot)
+            })
+            .collect();
+        stream::iter(writes)
+            .buffer_unordered(FLAG_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// The broken variant's catch-up for senders that delivered a new fan-out seq the hot way:

@@ -259,9 +259,12 @@ impl Timeline {
                     record.message_id
                 )))
             })?;
-        let shard = pending_shard(record.message_id);
-        if let Some(pending) = self.store.get_pending(shard, record.message_id).await? {
-            self.redrive(&message, &pending).await?;
+        if let Some(pending) = self
+            .store
+            .get_pending(OutboxKey::for_message(&message))
+            .await?
+            && self.redrive(&message, &pending).await?
+        {
             ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
         }
         ::metrics::counter!(metrics::IDEMPOTENT_REPLAYS).increment(1);

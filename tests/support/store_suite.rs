@@ -91,16 +91,52 @@ pub async fn conversations_insert_if_absent(store: &dyn Store) {
         Some(row.clone())
     );
     assert_eq!(store.get_conversation("g:on").await.unwrap(), None);
-    store.set_member_count("g:one", 42).await.unwrap();
+    // Of two counts, the one that started later wins, whatever order they are set in.
+    let created = row.created_at_ms;
+    store
+        .set_member_count("g:one", 42, created + 20)
+        .await
+        .unwrap();
+    assert_eq!(member_count(store, "g:one").await, 42);
+    store
+        .set_member_count("g:one", 41, created + 10)
+        .await
+        .unwrap();
     assert_eq!(
-        store
-            .get_conversation("g:one")
-            .await
-            .unwrap()
-            .unwrap()
-            .member_count,
-        42
+        member_count(store, "g:one").await,
+        42,
+        "an older count does not win"
     );
+    store
+        .set_member_count("g:one", 43, created + 30)
+        .await
+        .unwrap();
+    assert_eq!(member_count(store, "g:one").await, 43);
+    // A creation's count is as of its creation: any later count replaces it.
+    let two = ConversationRow {
+        created_at_ms: 1_000,
+        ..conversation("g:two")
+    };
+    store.insert_conversation_if_absent(&two).await.unwrap();
+    store
+        .set_member_count("g:two", 7, two.created_at_ms - 1)
+        .await
+        .unwrap();
+    assert_eq!(member_count(store, "g:two").await, two.member_count);
+    store
+        .set_member_count("g:two", 8, two.created_at_ms + 1)
+        .await
+        .unwrap();
+    assert_eq!(member_count(store, "g:two").await, 8);
+}
+
+async fn member_count(store: &dyn Store, id: &str) -> u32 {
+    store
+        .get_conversation(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .member_count
 }
 
 pub async fn members_page_in_user_order_per_conversation(store: &dyn Store) {
@@ -236,14 +272,7 @@ pub async fn user_conversations_read_state_only_moves_forward(store: &dyn Store)
 
 pub async fn message_write_is_one_unit_with_outbox_and_idempotency(store: &dyn Store) {
     let m = message("g:a", 1, 100);
-    let pending = PendingFanoutRow {
-        shard: pending_shard(100),
-        message_id: 100,
-        conversation_id: "g:a".into(),
-        conv_seq: 1,
-        created_at_ms: 10,
-        inbox_allocation: Vec::new(),
-    };
+    let pending = outbox_entry("g:a", 1, 100, 10, Vec::new());
     let idem = IdempotencyRow {
         sender_id: "alice".into(),
         client_msg_id: "c100".into(),
@@ -272,11 +301,14 @@ pub async fn message_write_is_one_unit_with_outbox_and_idempotency(store: &dyn S
         .unwrap();
     assert_eq!(read, vec![m]);
     assert_eq!(
-        store.get_pending(pending.shard, 100).await.unwrap(),
+        store.get_pending(pending.key()).await.unwrap(),
         Some(pending.clone())
     );
     assert_eq!(
-        store.list_pending(pending.shard, 10).await.unwrap(),
+        store
+            .list_pending(pending.bucket, pending.shard, 10)
+            .await
+            .unwrap(),
         vec![pending.clone()]
     );
     assert_eq!(
@@ -301,8 +333,8 @@ pub async fn message_write_is_one_unit_with_outbox_and_idempotency(store: &dyn S
             .unwrap(),
         None
     );
-    store.delete_pending(pending.shard, 100).await.unwrap();
-    assert_eq!(store.get_pending(pending.shard, 100).await.unwrap(), None);
+    store.delete_pending(pending.key()).await.unwrap();
+    assert_eq!(store.get_pending(pending.key()).await.unwrap(), None);
 }
 
 pub async fn messages_read_by_range_in_both_orders(store: &dyn Store) {
@@ -376,14 +408,8 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
         .unwrap();
     let m5 = message("g:a", 5, 105);
     let m4 = message("g:a", 4, 104);
-    let pending = PendingFanoutRow {
-        shard: pending_shard(105),
-        message_id: 105,
-        conversation_id: "g:a".into(),
-        conv_seq: 5,
-        created_at_ms: 1,
-        inbox_allocation: Vec::new(),
-    };
+    let pending = outbox_entry("g:a", 5, 105, 1, Vec::new());
+    let pending_key = pending.key();
     store
         .write_message(&MessageWrite {
             message: m5.clone(),
@@ -413,7 +439,7 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
                 // carol has no row (left): no row is created for her.
                 activity("carol", &m5, None, 1),
             ],
-            clear_pending: Some((pending_shard(105), 105)),
+            clear_pending: Some(pending_key),
         })
         .await
         .unwrap();
@@ -446,10 +472,7 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
         carol.is_none_or(|r| r.joined_seq == 0),
         "no real row appears for carol"
     );
-    assert_eq!(
-        store.get_pending(pending_shard(105), 105).await.unwrap(),
-        None
-    );
+    assert_eq!(store.get_pending(pending_key).await.unwrap(), None);
     let rows = store
         .read_inbox("bob", 0, InboxPosition::default(), 10)
         .await
@@ -549,37 +572,51 @@ pub async fn inbox_reads_after_a_position_per_user_and_bucket(store: &dyn Store)
     );
 }
 
-pub async fn outbox_is_listed_per_shard(store: &dyn Store) {
-    for id in [16u64, 32, 17] {
-        let pending = PendingFanoutRow {
-            shard: pending_shard(id),
-            message_id: id,
-            conversation_id: "g:a".into(),
-            conv_seq: id,
-            created_at_ms: 1,
-            inbox_allocation: vec![("bob".into(), 3)],
-        };
+pub async fn outbox_is_listed_per_time_bucket_and_shard(store: &dyn Store) {
+    let bucket_ms = OUTBOX_BUCKET_MS;
+    // (message_id, created_at): ids 16 and 32 share shard 0, 17 is in shard 1; 48 is in
+    // shard 0 of the next time bucket.
+    for (id, at) in [(16u64, 1), (32, bucket_ms - 1), (17, 5), (48, bucket_ms)] {
         store
             .write_message(&MessageWrite {
                 message: message("g:a", id, id),
-                pending: Some(pending),
+                pending: Some(outbox_entry("g:a", id, id, at, vec![("bob".into(), 3)])),
                 idempotency: None,
             })
             .await
             .unwrap();
     }
-    let shard0: Vec<u64> = store
-        .list_pending(0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.message_id)
-        .collect();
-    assert_eq!(shard0, [16, 32]);
-    assert_eq!(store.list_pending(0, 1).await.unwrap().len(), 1);
-    let shard1 = store.list_pending(1, 10).await.unwrap();
-    assert_eq!(shard1.len(), 1);
+    let ids = |rows: Vec<PendingFanoutRow>| rows.iter().map(|p| p.message_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_pending(0, 0, 10).await.unwrap()), [16, 32]);
+    assert_eq!(store.list_pending(0, 0, 1).await.unwrap().len(), 1);
+    assert_eq!(ids(store.list_pending(1, 0, 10).await.unwrap()), [48]);
+    let shard1 = store.list_pending(0, 1, 10).await.unwrap();
+    assert_eq!(ids(shard1.clone()), [17]);
     assert_eq!(shard1[0].inbox_allocation, vec![("bob".to_owned(), 3)]);
+    assert_eq!(shard1[0].key(), OutboxKey::of(17, 5));
+    store.delete_pending(OutboxKey::of(16, 1)).await.unwrap();
+    assert_eq!(ids(store.list_pending(0, 0, 10).await.unwrap()), [32]);
+    assert!(store.list_pending(2, 0, 10).await.unwrap().is_empty());
+}
+
+/// The outbox entry a send writes for message `id` created at `at`.
+pub fn outbox_entry(
+    conversation_id: &str,
+    conv_seq: u64,
+    id: u64,
+    at: i64,
+    inbox_allocation: Vec<(String, u64)>,
+) -> PendingFanoutRow {
+    let key = OutboxKey::of(id, at);
+    PendingFanoutRow {
+        bucket: key.bucket,
+        shard: key.shard,
+        message_id: id,
+        conversation_id: conversation_id.into(),
+        conv_seq,
+        created_at_ms: at,
+        inbox_allocation,
+    }
 }
 
 pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &dyn Store) {
@@ -725,7 +762,7 @@ macro_rules! store_conformance_suite {
             messages_read_by_range_in_both_orders,
             fanout_writes_inbox_raises_activity_and_clears_outbox,
             inbox_reads_after_a_position_per_user_and_bucket,
-            outbox_is_listed_per_shard,
+            outbox_is_listed_per_time_bucket_and_shard,
             modes_only_rise_for_users_and_holes_fill_only_empty_slots,
         );
     };

@@ -98,9 +98,16 @@ pub(super) fn floor_key(user_id: &str) -> Vec<u8> {
     key_with_suffix("inbox_floor", user_id)
 }
 
-pub(super) fn pending_key(shard: u32, message_id: u64) -> Vec<u8> {
-    let mut k = shard.to_be_bytes().to_vec();
-    k.extend_from_slice(&message_id.to_be_bytes());
+/// The partition `(bucket, shard)` of the outbox.
+pub(super) fn outbox_partition(bucket: u64, shard: u32) -> Vec<u8> {
+    let mut k = bucket.to_be_bytes().to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
+}
+
+pub(super) fn outbox_key(key: OutboxKey) -> Vec<u8> {
+    let mut k = outbox_partition(key.bucket, key.shard);
+    k.extend_from_slice(&key.message_id.to_be_bytes());
     k
 }
 

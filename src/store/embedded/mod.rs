@@ -72,7 +72,7 @@ struct Tables {
     messages: Keyspace,
     inbox: Keyspace,
     idempotency: Keyspace,
-    pending_fanout: Keyspace,
+    outbox: Keyspace,
     /// (user, conversation) of rows whose mode is Hot. Every fan-out adds a version of the
     /// members' user_conversations rows to the memtable, which a range scan walks through;
     /// this index changes only with the mode, so Sync's scan stays short.
@@ -138,9 +138,10 @@ impl EmbeddedStore {
             messages: open("messages")?,
             inbox: open("inbox")?,
             idempotency: open("idempotency")?,
-            pending_fanout: open("pending_fanout")?,
+            outbox: open("outbox")?,
             user_hot: open("user_hot")?,
         };
+        migrate_legacy_outbox(&db, &tables)?;
         match tables.meta.get(b"bucket_size").map_err(fj)? {
             Some(v) => {
                 let stored: u64 = decode(&v)?;
@@ -237,6 +238,11 @@ impl Store for EmbeddedStore {
                     return Ok(Outcome::Conversation(Some(existing)));
                 }
                 batch.insert(&t.conversations, k, encode(&row)?);
+                batch.insert(
+                    &t.meta,
+                    key_with_suffix("member_count_at", &row.conversation_id),
+                    encode(&row.created_at_ms)?,
+                );
                 Ok(Outcome::Conversation(None))
             }))
             .await?;
@@ -251,12 +257,24 @@ impl Store for EmbeddedStore {
         self.read(move |t| get(&t.conversations, &k)).await
     }
 
-    async fn set_member_count(&self, id: &str, member_count: u32) -> StoreResult<()> {
+    async fn set_member_count(
+        &self,
+        id: &str,
+        member_count: u32,
+        counted_at_ms: i64,
+    ) -> StoreResult<()> {
         let id = id.to_owned();
         self.write(Box::new(move |t, batch| {
+            // The count that started last wins, as the write timestamp decides on ScyllaDB.
+            let at_key = key_with_suffix("member_count_at", &id);
+            let newest: Option<i64> = get(&t.meta, &at_key)?;
+            if newest.is_some_and(|at| at > counted_at_ms) {
+                return Ok(Outcome::Done);
+            }
             if let Some(mut row) = get::<ConversationRow>(&t.conversations, id.as_bytes())? {
                 row.member_count = member_count;
                 batch.insert(&t.conversations, id.as_bytes(), encode(&row)?);
+                batch.insert(&t.meta, at_key, encode(&counted_at_ms)?);
             }
             Ok(Outcome::Done)
         }))
@@ -476,11 +494,7 @@ impl Store for EmbeddedStore {
                 encode(&write.message)?,
             );
             if let Some(p) = &write.pending {
-                batch.insert(
-                    &t.pending_fanout,
-                    pending_key(p.shard, p.message_id),
-                    encode(p)?,
-                );
+                batch.insert(&t.outbox, outbox_key(p.key()), encode(p)?);
             }
             if let Some(i) = &write.idempotency {
                 batch.insert(
@@ -577,8 +591,8 @@ impl Store for EmbeddedStore {
                 }
                 batch.insert(&t.user_conversations, k, encode(&row)?);
             }
-            if let Some((shard, message_id)) = write.clear_pending {
-                batch.remove(&t.pending_fanout, pending_key(shard, message_id));
+            if let Some(key) = write.clear_pending {
+                batch.remove(&t.outbox, outbox_key(key));
             }
             Ok(Outcome::Done)
         }))
@@ -660,28 +674,70 @@ impl Store for EmbeddedStore {
         Ok(row.filter(|r| now_ms - r.created_at_ms < ttl_ms))
     }
 
-    async fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>> {
-        self.read(move |t| scan_values(t.pending_fanout.prefix(shard.to_be_bytes()), limit))
-            .await
-    }
-
-    async fn get_pending(
+    async fn list_pending(
         &self,
+        bucket: u64,
         shard: u32,
-        message_id: u64,
-    ) -> StoreResult<Option<PendingFanoutRow>> {
-        self.read(move |t| get(&t.pending_fanout, &pending_key(shard, message_id)))
+        limit: usize,
+    ) -> StoreResult<Vec<PendingFanoutRow>> {
+        self.read(move |t| scan_values(t.outbox.prefix(outbox_partition(bucket, shard)), limit))
             .await
     }
 
-    async fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()> {
+    async fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>> {
+        self.read(move |t| get(&t.outbox, &outbox_key(key))).await
+    }
+
+    async fn delete_pending(&self, key: OutboxKey) -> StoreResult<()> {
         self.write(Box::new(move |t, batch| {
-            batch.remove(&t.pending_fanout, pending_key(shard, message_id));
+            batch.remove(&t.outbox, outbox_key(key));
             Ok(Outcome::Done)
         }))
         .await
         .map(drop)
     }
+}
+
+/// Moves the entries of the outbox's first layout (`pending_fanout`, one partition per shard)
+/// into the time-bucketed `outbox`, then drops the old keyspace: an acknowledged send whose
+/// fan-out was pending when the node was upgraded is still re-driven.
+fn migrate_legacy_outbox(db: &Database, tables: &Tables) -> StoreResult<()> {
+    #[derive(serde::Deserialize)]
+    struct LegacyPending {
+        message_id: u64,
+        conversation_id: String,
+        conv_seq: u64,
+        created_at_ms: i64,
+        inbox_allocation: Vec<(String, u64)>,
+    }
+    const LEGACY: &str = "pending_fanout";
+    if !db.keyspace_exists(LEGACY) {
+        return Ok(());
+    }
+    let legacy = db
+        .keyspace(LEGACY, KeyspaceCreateOptions::default)
+        .map_err(fj)?;
+    for item in legacy.iter() {
+        let (_, value) = item.into_inner().map_err(fj)?;
+        // The old rows began with their shard, which the new key derives again.
+        let (_shard, old): (u32, LegacyPending) = decode(&value)?;
+        let key = OutboxKey::of(old.message_id, old.created_at_ms);
+        let row = PendingFanoutRow {
+            bucket: key.bucket,
+            shard: key.shard,
+            message_id: old.message_id,
+            conversation_id: old.conversation_id,
+            conv_seq: old.conv_seq,
+            created_at_ms: old.created_at_ms,
+            inbox_allocation: old.inbox_allocation,
+        };
+        tables
+            .outbox
+            .insert(outbox_key(key), encode(&row)?)
+            .map_err(fj)?;
+    }
+    db.persist(PersistMode::SyncAll).map_err(fj)?;
+    db.delete_keyspace(legacy).map_err(fj)
 }
 
 #[cfg(test)]

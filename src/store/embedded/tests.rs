@@ -113,3 +113,50 @@ fn values_round_trip_and_reject_unknown_formats() {
     ));
     assert!(matches!(decode::<u64>(&[]), Err(StoreError::Corrupt(_))));
 }
+
+#[tokio::test]
+async fn outbox_entries_of_the_per_shard_layout_move_to_time_buckets_on_open() {
+    #[derive(serde::Serialize)]
+    struct OldEntry {
+        shard: u32,
+        message_id: u64,
+        conversation_id: String,
+        conv_seq: u64,
+        created_at_ms: i64,
+        inbox_allocation: Vec<(String, u64)>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::builder(dir.path().join("tables")).open().unwrap();
+        let old = db
+            .keyspace("pending_fanout", KeyspaceCreateOptions::default)
+            .unwrap();
+        let entry = OldEntry {
+            shard: 3,
+            message_id: 35,
+            conversation_id: "g:a".into(),
+            conv_seq: 7,
+            created_at_ms: 25_000,
+            inbox_allocation: vec![("bob".into(), 2)],
+        };
+        let mut k = 3u32.to_be_bytes().to_vec();
+        k.extend_from_slice(&35u64.to_be_bytes());
+        old.insert(k, encode(&entry).unwrap()).unwrap();
+        db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, 16)).unwrap();
+    let key = OutboxKey::of(35, 25_000);
+    let moved = store.get_pending(key).await.unwrap().expect("moved");
+    assert_eq!(
+        (moved.bucket, moved.shard, moved.conv_seq),
+        (2, 3, 7),
+        "{moved:?}"
+    );
+    assert_eq!(moved.inbox_allocation, vec![("bob".to_owned(), 2)]);
+    drop(store);
+    // Moved once: the old keyspace is gone, a second open finds the entry where it is.
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Fsync, 16)).unwrap();
+    assert_eq!(store.list_pending(2, 3, 10).await.unwrap().len(), 1);
+}

@@ -243,6 +243,7 @@ pub(super) fn inbox_from(r: InboxCql) -> StoreResult<InboxRow> {
 
 pub(super) fn pending_from(p: PendingCql) -> StoreResult<PendingFanoutRow> {
     Ok(PendingFanoutRow {
+        bucket: uint(p.bucket)?,
         shard: u32::try_from(p.shard).map_err(corrupt)?,
         message_id: id_from_cql(p.message_id),
         conversation_id: p.conversation_id.unwrap_or_default(),

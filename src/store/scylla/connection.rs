@@ -1,6 +1,7 @@
 //! The session (routing, timeouts, retries, speculative execution), the statement helpers the
 //! `Store` methods share (paging, batches), and the schema `timeline migrate` applies.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use ::scylla::statement::prepared::PreparedStatement;
 use super::codec::*;
 use super::*;
 
+/// Least timeout of the member count.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl ScyllaStore {
     pub(super) fn profile(options: &ScyllaOptions) -> ExecutionProfile {
         let mut balancing = DefaultPolicy::builder()
@@ -30,7 +34,7 @@ impl ScyllaStore {
             balancing = balancing.prefer_datacenter(options.local_dc.clone());
         }
         ExecutionProfile::builder()
-            .consistency(options.consistency)
+            .consistency(options.write_consistency)
             .serial_consistency(Some(SerialConsistency::LocalSerial))
             .request_timeout(Some(options.request_timeout))
             .load_balancing_policy(balancing.build())
@@ -40,6 +44,16 @@ impl ScyllaStore {
                 max_retry_count: 1,
                 retry_interval: options.request_timeout / 10,
             })))
+            .build()
+    }
+
+    /// The profile of the member count: it reads a whole `members` partition (100,000 rows at
+    /// `max_group_members`), which takes longer than a point request and must not run twice.
+    fn count_profile(options: &ScyllaOptions) -> ExecutionProfile {
+        Self::profile(options)
+            .to_builder()
+            .request_timeout(Some(options.request_timeout.max(COUNT_TIMEOUT)))
+            .speculative_execution_policy(None)
             .build()
     }
 
@@ -65,25 +79,37 @@ impl ScyllaStore {
         if let Some(ks) = keyspace {
             builder = builder.use_keyspace(ks, false);
         }
-        builder.build().await.map_err(unavailable)
+        let session = builder.build().await.map_err(unavailable)?;
+        let datacenters: BTreeSet<String> = session
+            .get_cluster_state()
+            .get_nodes_info()
+            .iter()
+            .filter_map(|node| node.datacenter.clone())
+            .collect();
+        if let Some(problem) = datacenter_problem(&datacenters, &options.local_dc) {
+            return Err(StoreError::Config(problem));
+        }
+        Ok(session)
     }
 
     /// Connects and prepares every statement (fails when the schema is not there: run
     /// `timeline migrate` first).
     pub async fn connect(options: &ScyllaOptions) -> StoreResult<Arc<Self>> {
         let session = Self::session(options, Some(options.keyspace.as_str())).await?;
-        let st = Prepared::prepare(&session, options.consistency)
+        let mut st = Prepared::prepare(&session, levels(options))
             .await
             .map_err(|e| {
                 StoreError::Config(format!(
                     "scylla: preparing statements: {e} (run `timeline migrate`?)"
                 ))
             })?;
+        st.count_members
+            .set_execution_profile_handle(Some(Self::count_profile(options).into_handle()));
         let secs = |d: Duration| i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX);
         Ok(Arc::new(Self {
             session,
             st,
-            consistency: options.consistency,
+            write_consistency: options.write_consistency,
             bucket_size: options.bucket_size,
             inbox_ttl_secs: secs(options.inbox_ttl),
             idempotency_ttl_secs: secs(options.idempotency_ttl),
@@ -95,17 +121,27 @@ impl ScyllaStore {
     pub async fn migrate(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
         let statements = migration_statements(options)?;
         let session = Self::session(options, None).await?;
-        for cql in &statements {
-            session
-                .query_unpaged(cql.as_str(), ())
-                .await
-                .map_err(execution)?;
+        let mut applied = Vec::with_capacity(statements.len());
+        for cql in statements {
+            match session.query_unpaged(cql.as_str(), ()).await {
+                Ok(_) => applied.push(cql),
+                // Before ScyllaDB 6.0 there are no tablets and no such option: vnodes anyway.
+                Err(e) if cql.contains(TABLETS_OFF) && e.to_string().contains("tablets") => {
+                    let without = cql.replace(TABLETS_OFF, "");
+                    session
+                        .query_unpaged(without.as_str(), ())
+                        .await
+                        .map_err(execution)?;
+                    applied.push(without);
+                }
+                Err(e) => return Err(execution(e)),
+            }
         }
         session
             .await_schema_agreement()
             .await
             .map_err(unavailable)?;
-        Ok(statements)
+        Ok(applied)
     }
 
     /// Drops a keyspace (the conformance tests' cleanup).
@@ -209,7 +245,7 @@ impl ScyllaStore {
 
     pub(super) async fn batch(&self, kind: BatchType, parts: Vec<BatchPart>) -> StoreResult<()> {
         let mut batch = Batch::new(kind);
-        batch.set_consistency(self.consistency);
+        batch.set_consistency(self.write_consistency);
         batch.set_is_idempotent(true);
         let mut values = Vec::with_capacity(parts.len());
         for (st, v) in parts {
@@ -240,6 +276,10 @@ impl ScyllaStore {
         if row.mode == DeliveryMode::Hot {
             parts.push((
                 self.st.set_user_conversation_hot.clone(),
+                Box::new((u.clone(), c.clone())),
+            ));
+            parts.push((
+                self.st.insert_user_hot.clone(),
                 Box::new((u.clone(), c.clone())),
             ));
         }
@@ -283,6 +323,38 @@ impl ScyllaStore {
     }
 }
 
+/// The keyspace option that keeps a keyspace on vnodes.
+pub const TABLETS_OFF: &str = " AND tablets = {'enabled': false}";
+
+/// The read and write levels of `options`.
+fn levels(options: &ScyllaOptions) -> Levels {
+    Levels {
+        read: options.read_consistency,
+        write: options.write_consistency,
+    }
+}
+
+/// What is wrong with `local_dc` for a cluster of these datacenters, if anything: with several,
+/// `LOCAL_*` levels and the replication of `migrate` are relative to whichever datacenter a
+/// coordinator is in unless one is named; a name the cluster lacks routes nothing.
+pub fn datacenter_problem(datacenters: &BTreeSet<String>, local_dc: &str) -> Option<String> {
+    if local_dc.is_empty() {
+        (datacenters.len() > 1).then(|| {
+            format!(
+                "the cluster has several datacenters ({}): set scylla.local_dc to this node's",
+                datacenters.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    } else {
+        (!datacenters.is_empty() && !datacenters.contains(local_dc)).then(|| {
+            format!(
+                "scylla.local_dc {local_dc:?} is not a datacenter of the cluster ({})",
+                datacenters.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
 /// The statements `timeline migrate` runs: the keyspace with the configured replication, then
 /// every table and index of `schema.cql`, re-targeted at `options.keyspace`.
 pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
@@ -304,8 +376,11 @@ pub fn migration_statements(options: &ScyllaOptions) -> StoreResult<Vec<String>>
             options.replication_factor
         )
     };
+    // Tablets (on by default for new keyspaces since ScyllaDB 6.0 / 2025.1) do not support
+    // the lightweight transaction of conversation creation up to 2025.3: vnodes it is. A
+    // cluster that does not know the option gets the statement without it (see `migrate`).
     let mut out = vec![format!(
-        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true"
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true{TABLETS_OFF}"
     )];
     for cql in script::split_statements(SCHEMA_CQL) {
         let upper = cql.to_ascii_uppercase();

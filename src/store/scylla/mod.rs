@@ -29,12 +29,19 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use self::codec::*;
-pub use self::connection::migration_statements;
+pub use self::connection::{datacenter_problem, migration_statements};
 use self::statements::*;
 use super::*;
 
 /// The schema this backend's statements are checked against; `timeline migrate` applies it.
 pub const SCHEMA_CQL: &str = include_str!("../../../schema.cql");
+
+/// The outbox's `default_time_to_live` (schema.cql), for the rows `record_inbox_allocation`
+/// may recreate.
+const OUTBOX_SAFETY_TTL_SECS: i32 = 604_800;
+
+/// Reads in flight at once while listing a user's hot conversations.
+const HOT_READ_CONCURRENCY: usize = 16;
 
 /// Fan-out writes in flight at once per send (each is one single-partition statement).
 const FANOUT_CONCURRENCY: usize = 64;
@@ -42,7 +49,7 @@ const FANOUT_CONCURRENCY: usize = 64;
 pub struct ScyllaStore {
     session: Session,
     st: Prepared,
-    consistency: Consistency,
+    write_consistency: Consistency,
     bucket_size: u64,
     inbox_ttl_secs: i32,
     idempotency_ttl_secs: i32,
@@ -83,10 +90,6 @@ impl Store for ScyllaStore {
                     row.title.clone(),
                     Millis(row.created_at_ms),
                     row.created_by.clone(),
-                    i32::try_from(row.member_count).map_err(corrupt)?,
-                    spans_cql(&row.mode_spans)?,
-                    row.mode_forced,
-                    Millis(row.mode_changed_at_ms),
                 ),
             )
             .await
@@ -102,6 +105,22 @@ impl Store for ScyllaStore {
             .and_then(|v| v.as_boolean())
             .ok_or_else(|| corrupt("LWT answer without [applied]"))?;
         if applied {
+            // The mutable cells by plain writes: the count as of the creation (any later
+            // count wins over it), the mode only when it is not the default (unset).
+            self.set_member_count(&row.conversation_id, row.member_count, row.created_at_ms)
+                .await?;
+            if row.mode_spans != ConversationRow::initial_spans()
+                || row.mode_forced
+                || row.mode_changed_at_ms != 0
+            {
+                self.update_conversation_mode(
+                    &row.conversation_id,
+                    &row.mode_spans,
+                    row.mode_forced,
+                    row.mode_changed_at_ms,
+                )
+                .await?;
+            }
             return Ok(None);
         }
         // Lost the race: the winner's row, read at the LWT's consistency.
@@ -123,10 +142,19 @@ impl Store for ScyllaStore {
         row.map(conversation_from).transpose().map(Option::flatten)
     }
 
-    async fn set_member_count(&self, conversation_id: &str, member_count: u32) -> StoreResult<()> {
+    async fn set_member_count(
+        &self,
+        conversation_id: &str,
+        member_count: u32,
+        counted_at_ms: i64,
+    ) -> StoreResult<()> {
         let count = i32::try_from(member_count).map_err(corrupt)?;
-        self.exec(&self.st.set_member_count, (count, conversation_id))
-            .await
+        let at_micros = counted_at_ms.max(1).saturating_mul(1000);
+        self.exec(
+            &self.st.set_member_count,
+            (at_micros, count, conversation_id),
+        )
+        .await
     }
 
     async fn update_conversation_mode(
@@ -175,9 +203,13 @@ impl Store for ScyllaStore {
                 self.st.delete_member.clone(),
                 Box::new((c.clone(), u.clone())),
             ),
-            (self.st.delete_user_membership.clone(), Box::new((u, c))),
+            (
+                self.st.delete_user_membership.clone(),
+                Box::new((u.clone(), c.clone())),
+            ),
+            (self.st.delete_user_hot.clone(), Box::new((u, c))),
         ];
-        // Two partitions as one unit: no membership columns outlive the member.
+        // Three partitions as one unit: nothing of the membership outlives the member.
         self.batch(BatchType::Logged, parts).await
     }
 
@@ -220,16 +252,31 @@ impl Store for ScyllaStore {
     }
 
     async fn count_members(&self, conversation_id: &str) -> StoreResult<u64> {
-        let row: Option<(i64,)> = self
-            .first(&self.st.count_members, (conversation_id,))
-            .await?;
-        uint(row.map_or(0, |r| r.0))
+        // One unpaged request (a paged aggregate walks the partition at the page size, one
+        // round trip per page), under the count's own profile: a long timeout, no
+        // speculative second count (see `connect`).
+        let result = self
+            .session
+            .execute_unpaged(&self.st.count_members, (conversation_id,))
+            .await
+            .map_err(execution)?;
+        let (count,) = result
+            .into_rows_result()
+            .map_err(corrupt)?
+            .first_row::<(i64,)>()
+            .map_err(corrupt)?;
+        uint(count)
     }
 
     async fn upsert_user_conversation(&self, row: &UserConversationRow) -> StoreResult<()> {
-        // One partition: an unlogged batch is atomic and isolated there.
-        self.batch(BatchType::Unlogged, self.user_row_parts(row)?)
-            .await
+        // One partition: an unlogged batch is atomic and isolated there; a hot row also writes
+        // user_hot_conversations, another table, so then the batch is logged.
+        let kind = if row.mode == DeliveryMode::Hot {
+            BatchType::Logged
+        } else {
+            BatchType::Unlogged
+        };
+        self.batch(kind, self.user_row_parts(row)?).await
     }
 
     async fn raise_user_conversation_mode(
@@ -241,18 +288,15 @@ impl Store for ScyllaStore {
         if mode != DeliveryMode::Hot {
             return Ok(()); // modes never go down
         }
-        // Only existing rows: a leave racing this leaves at most a row without membership.
-        if self
-            .get_user_conversation(user_id, conversation_id)
-            .await?
-            .is_some()
-        {
+        // Blind writes, no read first: a leave racing this leaves at most a hot row and a mode
+        // cell beside no membership, which readers skip.
+        futures::try_join!(
             self.exec(
                 &self.st.set_user_conversation_hot,
                 (user_id, conversation_id),
-            )
-            .await?;
-        }
+            ),
+            self.exec(&self.st.insert_user_hot, (user_id, conversation_id)),
+        )?;
         Ok(())
     }
 
@@ -302,13 +346,23 @@ impl Store for ScyllaStore {
         user_id: &str,
         limit: usize,
     ) -> StoreResult<Vec<UserConversationRow>> {
-        self.rows_filtered(
-            &self.st.list_hot_conversations,
-            (user_id,),
-            limit,
-            user_conversation_from,
-        )
-        .await
+        let ids: Vec<(String,)> = self.rows(&self.st.list_user_hot, (user_id,), limit).await?;
+        // Point reads in one partition, a few at a time (a user has few hot conversations).
+        let rows: Vec<Option<UserConversationRow>> = stream::iter(ids)
+            .map(|(conversation_id,)| async move {
+                self.get_user_conversation(user_id, &conversation_id).await
+            })
+            .buffered(HOT_READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .map(|mut row| {
+                row.mode = DeliveryMode::Hot;
+                row
+            })
+            .collect())
     }
 
     async fn advance_read_seq(
@@ -348,6 +402,7 @@ impl Store for ScyllaStore {
             parts.push((
                 self.st.insert_pending.clone(),
                 Box::new((
+                    int(p.bucket)?,
                     i32::try_from(p.shard).map_err(corrupt)?,
                     id_to_cql(p.message_id),
                     p.conversation_id.clone(),
@@ -501,8 +556,30 @@ impl Store for ScyllaStore {
                 parts.push((self.st.raise_read_seq.clone(), Box::new((read, read, u, c))));
             }
         }
-        // Every row first (concurrently, each routed to its replicas); the outbox entry is
-        // cleared only after all of them succeeded, so a failure leaves it for a re-drive.
+        // The rows below are many writes, not one unit: the entry first records which
+        // inbox_seq each user gets, so a re-drive after a partial write rewrites those rows
+        // rather than adding copies under new seqs.
+        if let Some(key) = write.clear_pending {
+            let allocation: Allocation = write
+                .inbox
+                .iter()
+                .map(|r| Ok((r.user_id.clone(), int(r.inbox_seq)?)))
+                .collect::<StoreResult<_>>()?;
+            let (bucket, shard, message_id) = outbox_binds(key)?;
+            self.exec(
+                &self.st.record_inbox_allocation,
+                (
+                    OUTBOX_SAFETY_TTL_SECS,
+                    allocation,
+                    bucket,
+                    shard,
+                    message_id,
+                ),
+            )
+            .await?;
+        }
+        // Every row (concurrently, each routed to its replicas); the outbox entry is cleared
+        // only after all of them succeeded, so a failure leaves it for a re-drive.
         let inbox = stream::iter(inbox_rows)
             .map(|values| async move {
                 self.session
@@ -523,8 +600,8 @@ impl Store for ScyllaStore {
             .buffer_unordered(FANOUT_CONCURRENCY)
             .try_collect::<Vec<()>>();
         futures::try_join!(inbox, users)?;
-        if let Some((shard, message_id)) = write.clear_pending {
-            self.delete_pending(shard, message_id).await?;
+        if let Some(key) = write.clear_pending {
+            self.delete_pending(key).await?;
         }
         Ok(())
     }
@@ -601,31 +678,40 @@ impl Store for ScyllaStore {
         }))
     }
 
-    async fn list_pending(&self, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>> {
+    async fn list_pending(
+        &self,
+        bucket: u64,
+        shard: u32,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingFanoutRow>> {
         let shard = i32::try_from(shard).map_err(corrupt)?;
         let rows: Vec<PendingCql> = self
-            .rows(&self.st.list_pending, (shard, int32(limit)), limit)
+            .rows(
+                &self.st.list_pending,
+                (int(bucket)?, shard, int32(limit)),
+                limit,
+            )
             .await?;
         rows.into_iter().map(pending_from).collect()
     }
 
-    async fn get_pending(
-        &self,
-        shard: u32,
-        message_id: u64,
-    ) -> StoreResult<Option<PendingFanoutRow>> {
-        let shard = i32::try_from(shard).map_err(corrupt)?;
-        let row: Option<PendingCql> = self
-            .first(&self.st.get_pending, (shard, id_to_cql(message_id)))
-            .await?;
+    async fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>> {
+        let row: Option<PendingCql> = self.first(&self.st.get_pending, outbox_binds(key)?).await?;
         row.map(pending_from).transpose()
     }
 
-    async fn delete_pending(&self, shard: u32, message_id: u64) -> StoreResult<()> {
-        let shard = i32::try_from(shard).map_err(corrupt)?;
-        self.exec(&self.st.delete_pending, (shard, id_to_cql(message_id)))
-            .await
+    async fn delete_pending(&self, key: OutboxKey) -> StoreResult<()> {
+        self.exec(&self.st.delete_pending, outbox_binds(key)?).await
     }
+}
+
+/// `(bucket, shard, message_id)` as bound.
+fn outbox_binds(key: OutboxKey) -> StoreResult<(i64, i32, i64)> {
+    Ok((
+        int(key.bucket)?,
+        i32::try_from(key.shard).map_err(corrupt)?,
+        id_to_cql(key.message_id),
+    ))
 }
 
 #[cfg(test)]

@@ -19,10 +19,15 @@ pub struct ScyllaOptions {
     pub keyspace: Keyspace,
     /// Datacenter to prefer (and stay in, and for `migrate` to replicate in); empty: none.
     pub local_dc: String,
-    /// `local_quorum` (default), `quorum`, `each_quorum`, `all`, `one`, `two`, `three`,
-    /// `local_one`.
+    /// Of every write: `local_quorum` (default), `quorum`, `each_quorum`, `all`, `one`, `two`,
+    /// `three`, `local_one`.
     #[serde(with = "consistency_name")]
-    pub consistency: Consistency,
+    pub write_consistency: Consistency,
+    /// Of every read: the same names but `each_quorum`, which ScyllaDB refuses for reads.
+    /// Reads at `local_quorum` see every write acknowledged at `local_quorum` in the same
+    /// datacenter (R + W > RF).
+    #[serde(with = "consistency_name")]
+    pub read_consistency: Consistency,
     #[serde(with = "crate::units::human")]
     pub request_timeout: Duration,
     #[serde(with = "crate::units::human")]
@@ -48,7 +53,8 @@ impl Default for ScyllaOptions {
             nodes: vec!["127.0.0.1:9042".into()],
             keyspace: Keyspace("timeline".into()),
             local_dc: String::new(),
-            consistency: Consistency::LocalQuorum,
+            write_consistency: Consistency::LocalQuorum,
+            read_consistency: Consistency::LocalQuorum,
             request_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             username: None,
@@ -71,6 +77,13 @@ impl ScyllaOptions {
         if self.replication_factor == 0 || self.request_timeout.is_zero() {
             return Err(
                 "scylla.replication_factor and scylla.request_timeout must be positive".into(),
+            );
+        }
+        if self.read_consistency == Consistency::EachQuorum {
+            return Err(
+                "scylla.read_consistency each_quorum: ScyllaDB refuses it for reads; use \
+                 local_quorum (or quorum)"
+                    .into(),
             );
         }
         if self.username.is_some() != self.password.is_some() {

@@ -147,6 +147,7 @@ pub struct IdempotencyCql {
 
 #[derive(Debug, DeserializeRow)]
 pub struct PendingCql {
+    pub bucket: i64,
     pub shard: i32,
     pub message_id: i64,
     pub conversation_id: Option<String>,
@@ -206,10 +207,10 @@ macro_rules! statements {
         impl Prepared {
             pub async fn prepare(
                 session: &Session,
-                consistency: Consistency,
+                levels: Levels,
             ) -> Result<Self, PrepareError> {
                 Ok(Self {
-                    $( $name: prepare(session, $cql, $idempotent, consistency).await?, )*
+                    $( $name: prepare(session, $cql, $idempotent, levels.of($cql)).await?, )*
                 })
             }
         }
@@ -230,6 +231,25 @@ macro_rules! statements {
         /// Whether each statement is marked idempotent (retried and speculated).
         pub const IDEMPOTENT: &[(&str, bool)] = &[ $( (stringify!($name), $idempotent) ),* ];
     };
+}
+
+/// The consistency levels of reads and of writes (ScyllaDB refuses `EACH_QUORUM` for reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levels {
+    pub read: Consistency,
+    pub write: Consistency,
+}
+
+impl Levels {
+    /// The level a statement runs at: a `SELECT` reads, everything else writes.
+    pub fn of(&self, cql: &str) -> Consistency {
+        let verb = cql.split_whitespace().next().unwrap_or("");
+        if verb.eq_ignore_ascii_case("SELECT") {
+            self.read
+        } else {
+            self.write
+        }
+    }
 }
 
 async fn prepare(
@@ -266,13 +286,17 @@ fn check_types<B, R>(
 
 statements! {
     // --- conversations ------------------------------------------------------------------
-    /// Lightweight transaction: the loser reads the winner's row.
-    insert_conversation(false): (String, String, String, Millis, String, i32, Spans, bool, Millis) => NoRows =
-        "INSERT INTO conversations (conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+    /// Lightweight transaction: the loser reads the winner's row. It writes only the cells no
+    /// plain write ever touches (ScyllaDB advises against LWT and plain writes on one cell:
+    /// their timestamps come from different clocks); the mutable ones start unset (their
+    /// defaults) or by plain writes.
+    insert_conversation(false): (String, String, String, Millis, String) => NoRows =
+        "INSERT INTO conversations (conversation_id, kind, title, created_at, created_by) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS";
     get_conversation(true): (String,) => ConversationCql =
         "SELECT conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at FROM conversations WHERE conversation_id = ?";
-    set_member_count(true): (i32, String) => NoRows =
-        "UPDATE conversations SET member_count = ? WHERE conversation_id = ?";
+    /// Write timestamp = when the count started: the count that started last wins.
+    set_member_count(true): (i64, i32, String) => NoRows =
+        "UPDATE conversations USING TIMESTAMP ? SET member_count = ? WHERE conversation_id = ?";
     update_conversation_mode(true): (Spans, bool, Millis, String) => NoRows =
         "UPDATE conversations SET mode_spans = ?, mode_forced = ?, mode_changed_at = ? WHERE conversation_id = ?";
     /// Write timestamp = the seq: the highest seq wins whatever the arrival order.
@@ -322,11 +346,16 @@ statements! {
         "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ?";
     list_user_conversations_after(true): (String, String) => UserConversationCql =
         "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id > ?";
-    /// Through the local secondary index on `mode`.
-    list_hot_conversations(true): (String,) => UserConversationCql =
-        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND mode = 'hot'";
     get_inbox_marks(true): (String,) => InboxMarksCql =
         "SELECT inbox_head, inbox_floor FROM user_conversations WHERE user_id = ? LIMIT 1";
+
+    // --- user_hot_conversations ---------------------------------------------------------
+    insert_user_hot(true): (String, String) => NoRows =
+        "INSERT INTO user_hot_conversations (user_id, conversation_id) VALUES (?, ?)";
+    delete_user_hot(true): (String, String) => NoRows =
+        "DELETE FROM user_hot_conversations WHERE user_id = ? AND conversation_id = ?";
+    list_user_hot(true): (String,) => (String,) =
+        "SELECT conversation_id FROM user_hot_conversations WHERE user_id = ?";
 
     // --- messages -----------------------------------------------------------------------
     insert_message(true): MessageBinds => NoRows =
@@ -342,7 +371,7 @@ statements! {
     insert_inbox(true): InboxBinds => NoRows =
         "INSERT INTO inbox (user_id, bucket, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?";
     read_inbox_after(true): (String, i64, i64, i64, i32) => InboxCql =
-        "SELECT user_id, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM inbox WHERE user_id = ? AND bucket = ? AND (inbox_seq, message_id) > (?, ?) ORDER BY inbox_seq ASC LIMIT ?";
+        "SELECT user_id, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM inbox WHERE user_id = ? AND bucket = ? AND (inbox_seq, message_id) > (?, ?) LIMIT ?";
     drop_inbox_bucket(true): (String, i64) => NoRows =
         "DELETE FROM inbox WHERE user_id = ? AND bucket = ?";
 
@@ -352,13 +381,17 @@ statements! {
     get_idempotency(true): (String, String) => IdempotencyCql =
         "SELECT sender_id, client_msg_id, message_id, conversation_id, conv_seq, created_at FROM idempotency WHERE sender_id = ? AND client_msg_id = ?";
 
-    // --- pending_fanout -----------------------------------------------------------------
-    insert_pending(true): (i32, i64, String, i64, Millis, Allocation) => NoRows =
-        "INSERT INTO pending_fanout (shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation) VALUES (?, ?, ?, ?, ?, ?)";
-    list_pending(true): (i32, i32) => PendingCql =
-        "SELECT shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM pending_fanout WHERE shard = ? LIMIT ?";
-    get_pending(true): (i32, i64) => PendingCql =
-        "SELECT shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM pending_fanout WHERE shard = ? AND message_id = ?";
-    delete_pending(true): (i32, i64) => NoRows =
-        "DELETE FROM pending_fanout WHERE shard = ? AND message_id = ?";
+    // --- outbox -------------------------------------------------------------------------
+    insert_pending(true): (i64, i32, i64, String, i64, Millis, Allocation) => NoRows =
+        "INSERT INTO outbox (bucket, shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation) VALUES (?, ?, ?, ?, ?, ?, ?)";
+    /// Before the inbox writes of a fan-out; the TTL bounds a row this recreates after a
+    /// concurrent delete (recovery then finds it without a message and deletes it).
+    record_inbox_allocation(true): (i32, Allocation, i64, i32, i64) => NoRows =
+        "UPDATE outbox USING TTL ? SET inbox_allocation = ? WHERE bucket = ? AND shard = ? AND message_id = ?";
+    list_pending(true): (i64, i32, i32) => PendingCql =
+        "SELECT bucket, shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM outbox WHERE bucket = ? AND shard = ? LIMIT ?";
+    get_pending(true): (i64, i32, i64) => PendingCql =
+        "SELECT bucket, shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
+    delete_pending(true): (i64, i32, i64) => NoRows =
+        "DELETE FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
 }

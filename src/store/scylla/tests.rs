@@ -29,6 +29,35 @@ fn consistency_and_keyspace_names_are_validated() {
     }
 }
 
+#[test]
+fn reads_never_run_at_each_quorum() {
+    let each = ScyllaOptions {
+        read_consistency: Consistency::EachQuorum,
+        ..ScyllaOptions::default()
+    };
+    let err = each.validate().unwrap_err();
+    assert!(err.contains("read_consistency"), "{err}");
+    let writes = ScyllaOptions {
+        write_consistency: Consistency::EachQuorum,
+        ..ScyllaOptions::default()
+    };
+    assert_eq!(writes.validate(), Ok(()));
+}
+
+#[test]
+fn several_datacenters_need_a_local_one_named() {
+    let dcs = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(datacenter_problem(&dcs(&["dc1"]), ""), None);
+    assert_eq!(datacenter_problem(&dcs(&["dc1", "dc2"]), "dc2"), None);
+    let several = datacenter_problem(&dcs(&["dc1", "dc2"]), "").unwrap();
+    assert!(
+        several.contains("dc1, dc2") && several.contains("local_dc"),
+        "{several}"
+    );
+    let unknown = datacenter_problem(&dcs(&["dc1"]), "dc9").unwrap();
+    assert!(unknown.contains("dc9"), "{unknown}");
+}
+
 fn options() -> ScyllaOptions {
     ScyllaOptions {
         keyspace: "chat_prod".parse().expect("a valid name"),
@@ -41,6 +70,10 @@ fn migration_targets_the_configured_keyspace_and_replication() {
     let statements = migration_statements(&options()).unwrap();
     assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS chat_prod"));
     assert!(statements[0].contains("'replication_factor': 3"));
+    assert!(
+        statements[0].ends_with("AND tablets = {'enabled': false}"),
+        "vnodes: the conversation creation LWT is not supported on tablets"
+    );
     assert!(statements.iter().skip(1).all(|s| s.contains("chat_prod.")
         && !s.contains("timeline.")
         && s.contains("IF NOT EXISTS")));

@@ -468,7 +468,13 @@ impl World {
             self.history(&id).await;
         }
         let now = self.timeline.now_ms();
-        self.timeline.recover_pending(now).await.expect("recovery");
+        // Every node runs recovery: two passes at once over the same outbox.
+        let (first, second) = tokio::join!(
+            self.timeline.recover_pending(now),
+            self.timeline.recover_pending(now)
+        );
+        first.expect("recovery");
+        second.expect("recovery");
         self.timeline.sweep_abandoned().await.expect("sweep");
         for u in 0..USERS {
             for d in 0..DEVICES {
