@@ -252,6 +252,18 @@ impl Cache for LocalCache {
         Ok(())
     }
 
+    async fn extend_claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<bool> {
+        let now = Instant::now();
+        let mut state = self.state();
+        match state.claims.get_mut(key) {
+            Some((held, expires)) if *held == value && *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn epoch(&self) -> CacheResult<u64> {
         Ok(self.state().epoch)
     }

@@ -164,6 +164,9 @@ macro_rules! with_cache_methods {
         fn claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<Option<u64>> = None;
         /// Releases a claim this caller holds (`value` must match; another holder's is kept).
         fn release_claim(&self, key: &str, value: u64) -> CacheResult<()> = ();
+        /// Makes a claim this caller holds last `ttl` from now; false when it is not held by
+        /// `value` (expired, or another's).
+        fn extend_claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<bool> = false;
         /// Changes whenever the sequencer state was lost and rebuilt.
         fn epoch(&self) -> CacheResult<u64> = 0;
 

@@ -86,6 +86,8 @@ pub struct FaultPlan {
     state: Mutex<(Option<Fault>, usize)>,
     /// Run before operation `.0` (counted like faults), once.
     interleaved: Mutex<Option<(usize, Interleaved)>>,
+    /// The next call of this method fails without effect, once (see `crash_next`).
+    crash_next: Mutex<Option<&'static str>>,
     clock: Arc<ManualClock>,
     cache: Arc<dyn LoseState>,
 }
@@ -101,6 +103,7 @@ impl FaultPlan {
         Arc::new(Self {
             state: Mutex::new((None, 0)),
             interleaved: Mutex::new(None),
+            crash_next: Mutex::new(None),
             clock,
             cache,
         })
@@ -115,6 +118,23 @@ impl FaultPlan {
     pub fn interleave(&self, at: usize, work: Interleaved) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, 0);
         *self.interleaved.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, work));
+    }
+
+    /// Makes the next call of the Store or Cache method `method` (e.g. "write_message") fail
+    /// without effect, whichever operation it is.
+    pub fn crash_next(&self, method: &'static str) {
+        *self.crash_next.lock().unwrap_or_else(|p| p.into_inner()) = Some(method);
+    }
+
+    /// Whether this call of `method` is the one `crash_next` named (it fires once).
+    fn crashes(&self, method: &str) -> bool {
+        let mut slot = self.crash_next.lock().unwrap_or_else(|p| p.into_inner());
+        if *slot == Some(method) {
+            *slot = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// The interleaved work due before the operation about to run, if any.
@@ -200,6 +220,9 @@ macro_rules! faulty {
                 async fn $name(&self $(, $arg: $argty)*) -> $ret {
                     if let Some(work) = self.plan.due() {
                         work().await;
+                    }
+                    if self.plan.crashes(stringify!($name)) {
+                        return Err($crash);
                     }
                     match self.plan.next($is_cache) {
                         Verdict::Fail => Err($crash),

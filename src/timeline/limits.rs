@@ -33,6 +33,10 @@ pub struct Limits {
     /// How long a send holds its client_msg_id claim before a retry may take over.
     #[serde(skip)]
     pub send_claim_lease: Duration,
+    /// How long a send whose durable write failed keeps its client_msg_id claimed: longer
+    /// than ScyllaDB may take to replay a timed-out logged batch (~64 s).
+    #[serde(skip)]
+    pub uncertain_write_hold: Duration,
     /// Outbox entries older than this are re-driven by the recovery loop.
     #[serde(with = "crate::units::human")]
     pub recovery_age: Duration,
@@ -86,6 +90,9 @@ pub(crate) enum Broken {
     /// Re-drives take no claim, so two nodes' recovery passes (or recovery and a client's
     /// retry) both re-drive one outbox entry, each under fresh inbox seqs.
     RedriveWithoutClaim,
+    /// A send whose durable write failed lets its claim lapse after the usual lease, so a
+    /// retry may write a second message while the first write can still land.
+    ClaimLapsesAfterFailedWrite,
 }
 
 impl Default for Limits {
@@ -108,6 +115,7 @@ impl Default for Limits {
             gap_grace: Duration::from_secs(3),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             send_claim_lease: Duration::from_secs(30),
+            uncertain_write_hold: Duration::from_secs(120),
             recovery_age: Duration::from_secs(5),
             recovery_lookback: Duration::from_secs(3600),
             hot_threshold: 500,

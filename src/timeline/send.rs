@@ -110,7 +110,8 @@ impl Timeline {
             };
             // Taken after the allocation: a reader judges a gap by its successor's age.
             message.created_at_ms = self.clock.now_ms();
-            self.store
+            let written = self
+                .store
                 .write_message(&MessageWrite {
                     message: message.clone(),
                     pending: with_outbox.then(|| self.outbox_entry(&message)),
@@ -123,7 +124,14 @@ impl Timeline {
                         created_at_ms: message.created_at_ms,
                     }),
                 })
-                .await?;
+                .await;
+            if let Err(e) = written {
+                if idempotent {
+                    self.hold_claim_after_failed_write(caller, &message, &e)
+                        .await;
+                }
+                return Err(e.into());
+            }
             if !self.late(message.created_at_ms) || attempt == MAX_LATE_REWRITES {
                 break;
             }
@@ -140,6 +148,39 @@ impl Timeline {
             }
         }
         Ok(message)
+    }
+
+    /// After a durable write that failed, the write may still land: ScyllaDB's batchlog
+    /// replays a timed-out logged batch up to about a minute later. Until then a retry must
+    /// not write a second message, so the client_msg_id stays claimed past that horizon; a
+    /// retry meanwhile is told to retry, and finds the first message if it landed. A write
+    /// that certainly did not happen (an overloaded store refused it) frees the id at once.
+    async fn hold_claim_after_failed_write(
+        &self,
+        caller: &Caller,
+        message: &MessageRow,
+        error: &StoreError,
+    ) {
+        let key = send_claim_key(caller, &message.client_msg_id);
+        if matches!(error, StoreError::Overloaded(_)) {
+            self.release_claim_soon(key, message.message_id);
+            return;
+        }
+        if self.broken(Broken::ClaimLapsesAfterFailedWrite) {
+            return;
+        }
+        match self
+            .cache
+            .extend_claim(&key, message.message_id, self.limits.uncertain_write_hold)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                client_msg_id = %message.client_msg_id,
+                "a failed send's claim had lapsed: a retry may write a second message"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not hold a failed send's claim"),
+        }
     }
 
     /// Frees a send's client_msg_id after it failed before writing anything, so the client's
@@ -313,5 +354,104 @@ impl Timeline {
             "a send with client_msg_id {:?} is still in progress; retry",
             req.client_msg_id
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::local::LocalCache;
+    use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
+    use crate::testkit::faults::{FaultPlan, FaultyStore, ManualClock};
+    use crate::timeline::{CreateConversation, Limits};
+
+    /// A send's durable write fails (on ScyllaDB it may still land by the batchlog); the
+    /// client retries after the usual claim lease. Returns what each retry got: while the
+    /// write may still land, and once that is over.
+    async fn retries_after_a_failed_write(
+        broken: Option<Broken>,
+    ) -> (TimelineResult<MessageRow>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::new(Durability::Buffered, 64))
+                .unwrap();
+        let cache = Arc::new(LocalCache::new());
+        let clock = ManualClock::new(1_800_000_000_000);
+        let plan = FaultPlan::new(clock.clone(), cache.clone());
+        let store = Arc::new(FaultyStore {
+            inner: embedded,
+            plan: plan.clone(),
+        });
+        let timeline = Timeline::new(
+            store,
+            cache,
+            Limits {
+                send_claim_lease: Duration::from_millis(100),
+                send_claim_wait: Duration::from_millis(50),
+                uncertain_write_hold: Duration::from_millis(800),
+                broken,
+                ..Limits::default()
+            },
+            clock,
+        );
+        let alice = Caller {
+            user_id: "alice".into(),
+            device_id: "d".into(),
+            admin: false,
+        };
+        let (group, _) = timeline
+            .create_conversation(
+                &alice,
+                CreateConversation {
+                    kind: ConversationKind::Group,
+                    conversation_id: String::new(),
+                    title: "g".into(),
+                    member_ids: vec!["bob".into()],
+                },
+            )
+            .await
+            .unwrap();
+        let send = || {
+            timeline.send(
+                &alice,
+                SendMessage {
+                    conversation_id: group.conversation_id.clone(),
+                    client_msg_id: "c1".into(),
+                    content_type: String::new(),
+                    body: bytes::Bytes::from_static(b"hi"),
+                },
+            )
+        };
+        plan.crash_next("write_message");
+        assert!(send().await.is_err(), "the write failed");
+        // Past the claim's lease, within the hold.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let early = send().await;
+        // Past the hold: a retry now writes the message.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = send().await;
+        let history = timeline
+            .history(&alice, &group.conversation_id, 0, 10)
+            .await
+            .unwrap();
+        (early, history.messages.len())
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_its_client_msg_id_until_it_can_no_longer_land() {
+        let (early, messages) = retries_after_a_failed_write(None).await;
+        assert!(
+            matches!(early, Err(TimelineError::Aborted(_))),
+            "a retry while the first write may land is told to retry: {early:?}"
+        );
+        assert_eq!(messages, 1);
+        // The broken variant lets the claim lapse with its lease: the early retry writes a
+        // message of its own, which a late landing of the first would duplicate.
+        let (early, _) =
+            retries_after_a_failed_write(Some(Broken::ClaimLapsesAfterFailedWrite)).await;
+        assert!(early.is_ok(), "{early:?}");
     }
 }

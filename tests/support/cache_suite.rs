@@ -170,6 +170,35 @@ pub async fn claims_are_exclusive_until_they_expire(cache: &dyn Cache) {
     );
 }
 
+pub async fn a_claim_is_extended_only_by_its_holder(cache: &dyn Cache) {
+    let short = Duration::from_millis(300);
+    assert_eq!(cache.claim("x", 1, short).await.unwrap(), None);
+    assert!(
+        !cache
+            .extend_claim("x", 2, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        cache
+            .extend_claim("x", 1, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        cache.claim("x", 3, short).await.unwrap(),
+        Some(1),
+        "held past its first lease"
+    );
+    assert!(!cache.extend_claim("never", 1, short).await.unwrap());
+    assert_eq!(
+        cache.claim("never", 4, short).await.unwrap(),
+        None,
+        "extending nothing creates nothing"
+    );
+}
+
 pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cache) {
     assert_eq!(cache.hot_read("g:h", 0, 10).await.unwrap(), None);
     for seq in 1..=7u64 {
@@ -445,6 +474,7 @@ macro_rules! cache_conformance_suite {
         $crate::cache_conformance_suite!(@tests $factory;
             sequences_allocate_ranges_for_many_keys_after_seeding,
             claims_are_exclusive_until_they_expire,
+            a_claim_is_extended_only_by_its_holder,
             fences_hold_back_a_conversations_allocations_until_lifted,
             hot_windows_keep_the_newest_entries_and_their_head,
             allocations_mark_conversations_active_until_verified,

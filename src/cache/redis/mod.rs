@@ -105,6 +105,7 @@ struct Scripts {
     allocate: Script,
     fence: Script,
     release_claim: Script,
+    extend_claim: Script,
     epoch: Script,
     hot_append: Script,
     hot_read: Script,
@@ -120,6 +121,7 @@ impl Scripts {
             allocate: Script::new(scripts::ALLOCATE),
             fence: Script::new(scripts::FENCE),
             release_claim: Script::new(scripts::RELEASE_CLAIM),
+            extend_claim: Script::new(scripts::EXTEND_CLAIM),
             epoch: Script::new(scripts::EPOCH),
             hot_append: Script::new(scripts::HOT_APPEND),
             hot_read: Script::new(scripts::HOT_READ),
@@ -130,11 +132,12 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 10] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.allocate,
             &self.fence,
             &self.release_claim,
+            &self.extend_claim,
             &self.epoch,
             &self.hot_append,
             &self.hot_read,
@@ -475,6 +478,15 @@ impl Cache for RedisCache {
         );
         self.run_one::<Value>(cmd).await?;
         Ok(())
+    }
+
+    async fn extend_claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<bool> {
+        let cmd = eval(
+            &self.scripts.extend_claim,
+            &[&self.keys.claim(key)],
+            &[&num(value), &num(ms(ttl).max(1))],
+        );
+        Ok(self.run_one::<i64>(cmd).await? == 1)
     }
 
     async fn epoch(&self) -> CacheResult<u64> {

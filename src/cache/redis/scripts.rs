@@ -31,6 +31,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// KEYS: claim. ARGV: holder, ttl ms. Extends it only if this holder still has it.
+pub const EXTEND_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
 /// KEYS: epoch hash. ARGV: a fresh random epoch. The epoch stays while this Redis process
 /// (its `run_id`) keeps its data; a flush deletes it and a restart changes the run, so either
 /// mints a new one (a restart restoring a snapshot restores old sequencer values too: see the

@@ -60,6 +60,7 @@ impl ScyllaStore {
     pub(super) async fn session(
         options: &ScyllaOptions,
         keyspace: Option<&str>,
+        timestamps: Arc<MonotonicTimestampGenerator>,
     ) -> StoreResult<Session> {
         if options.nodes.is_empty() {
             return Err(StoreError::Config("scylla_nodes is empty".into()));
@@ -70,7 +71,7 @@ impl ScyllaStore {
         // coordinators' clocks say. Explicit `USING TIMESTAMP` writes keep their own.
         let mut builder = SessionBuilder::new()
             .known_nodes(&options.nodes)
-            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+            .timestamp_generator(timestamps)
             .connection_timeout(options.connect_timeout)
             .default_execution_profile_handle(Self::profile(options).into_handle());
         if let (Some(user), Some(password)) = (&options.username, &options.password) {
@@ -95,7 +96,9 @@ impl ScyllaStore {
     /// Connects and prepares every statement (fails when the schema is not there: run
     /// `timeline migrate` first).
     pub async fn connect(options: &ScyllaOptions) -> StoreResult<Arc<Self>> {
-        let session = Self::session(options, Some(options.keyspace.as_str())).await?;
+        let timestamps = Arc::new(MonotonicTimestampGenerator::new());
+        let session =
+            Self::session(options, Some(options.keyspace.as_str()), timestamps.clone()).await?;
         let mut st = Prepared::prepare(&session, levels(options))
             .await
             .map_err(|e| {
@@ -110,6 +113,7 @@ impl ScyllaStore {
             session,
             st,
             write_consistency: options.write_consistency,
+            timestamps,
             bucket_size: options.bucket_size,
             inbox_ttl_secs: secs(options.inbox_ttl),
             idempotency_ttl_secs: secs(options.idempotency_ttl),
@@ -120,7 +124,8 @@ impl ScyllaStore {
     /// running it again changes nothing) and waits for schema agreement.
     pub async fn migrate(options: &ScyllaOptions) -> StoreResult<Vec<String>> {
         let statements = migration_statements(options)?;
-        let session = Self::session(options, None).await?;
+        let session =
+            Self::session(options, None, Arc::new(MonotonicTimestampGenerator::new())).await?;
         let mut applied = Vec::with_capacity(statements.len());
         for cql in statements {
             match session.query_unpaged(cql.as_str(), ()).await {
@@ -147,7 +152,8 @@ impl ScyllaStore {
     /// Drops a keyspace (the conformance tests' cleanup).
     #[cfg(feature = "testkit")]
     pub async fn drop_keyspace(options: &ScyllaOptions) -> StoreResult<()> {
-        let session = Self::session(options, None).await?;
+        let session =
+            Self::session(options, None, Arc::new(MonotonicTimestampGenerator::new())).await?;
         session
             .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", options.keyspace), ())
             .await
@@ -247,16 +253,31 @@ impl ScyllaStore {
         let mut batch = Batch::new(kind);
         batch.set_consistency(self.write_consistency);
         batch.set_is_idempotent(true);
+        // One timestamp for every attempt: a retry is then the very batch the batchlog may
+        // replay, and whichever lands (or both) leaves the same cells.
+        batch.set_timestamp(Some(self.timestamps.next_timestamp()));
         let mut values = Vec::with_capacity(parts.len());
         for (st, v) in parts {
             batch.append_statement(st);
             values.push(v);
         }
-        self.session
-            .batch(&batch, values)
-            .await
-            .map_err(execution)?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            match self.session.batch(&batch, &values).await {
+                Ok(_) => return Ok(()),
+                // A logged batch that timed out may be applied later by the batchlog (up to
+                // about a minute): retrying it now settles the outcome for the caller.
+                Err(e)
+                    if kind == BatchType::Logged
+                        && attempt < LOGGED_BATCH_RETRIES
+                        && outcome_unknown(&e) =>
+                {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "retrying a timed-out logged batch");
+                }
+                Err(e) => return Err(execution(e)),
+            }
+        }
     }
 
     /// The statements writing one `user_conversations` row (one partition): membership
@@ -321,6 +342,22 @@ impl ScyllaStore {
             None => (0, 0),
         })
     }
+}
+
+/// Retries of a logged batch whose outcome is unknown (after the first attempt).
+const LOGGED_BATCH_RETRIES: u32 = 2;
+
+/// A write that timed out: it may or may not have been applied.
+fn outcome_unknown(e: &::scylla::errors::ExecutionError) -> bool {
+    use ::scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    matches!(
+        e,
+        ExecutionError::RequestTimeout(_)
+            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::WriteTimeout { .. },
+                _
+            ))
+    )
 }
 
 /// The keyspace option that keeps a keyspace on vnodes.

@@ -21,8 +21,10 @@ pub mod statements;
 pub use self::options::{Keyspace, ScyllaOptions, parse_consistency, valid_keyspace};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ::scylla::client::session::Session;
+use ::scylla::policies::timestamp_generator::{MonotonicTimestampGenerator, TimestampGenerator};
 use ::scylla::statement::Consistency;
 use ::scylla::statement::batch::BatchType;
 use async_trait::async_trait;
@@ -50,6 +52,8 @@ pub struct ScyllaStore {
     session: Session,
     st: Prepared,
     write_consistency: Consistency,
+    /// The session's write timestamps, also read for a batch's one timestamp.
+    timestamps: Arc<MonotonicTimestampGenerator>,
     bucket_size: u64,
     inbox_ttl_secs: i32,
     idempotency_ttl_secs: i32,
