@@ -353,11 +353,11 @@ impl Timeline {
         for bucket in first..=last {
             let ended_ms = (bucket as i64 + 1) * OUTBOX_BUCKET_MS;
             let mut drained = ended_ms + OUTBOX_CLOCK_SKEW_MS <= created_before_ms;
-            for shard in 0..OUTBOX_SHARDS {
-                let entries = self
-                    .store
-                    .list_pending(bucket, shard, RECOVERY_BATCH)
-                    .await?;
+            // The bucket's shards read at once (a starting node reads a whole lookback).
+            let reads: Vec<_> = (0..OUTBOX_SHARDS)
+                .map(|shard| self.store.list_pending(bucket, shard, RECOVERY_BATCH))
+                .collect();
+            for entries in futures::future::try_join_all(reads).await? {
                 drained &= entries.len() < RECOVERY_BATCH;
                 for entry in entries {
                     if entry.created_at_ms > created_before_ms {
@@ -428,7 +428,8 @@ mod tests {
     use crate::cache::local::LocalCache;
     use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
     use crate::testkit::faults::ManualClock;
-    use crate::timeline::{Caller, Clock, CreateConversation, Limits};
+    use crate::timeline::test_support::group;
+    use crate::timeline::{Clock, Limits};
 
     /// Another node is re-driving an interrupted send (it holds the claim) when this node's
     /// recovery finds the entry: this node leaves it, and keeps the bucket to read again.
@@ -454,23 +455,7 @@ mod tests {
             )
         };
         let a = node(1);
-        let alice = Caller {
-            user_id: "alice".into(),
-            device_id: "d".into(),
-            admin: false,
-        };
-        let (group, _) = a
-            .create_conversation(
-                &alice,
-                CreateConversation {
-                    kind: ConversationKind::Group,
-                    conversation_id: String::new(),
-                    title: "g".into(),
-                    member_ids: vec!["bob".into()],
-                },
-            )
-            .await
-            .unwrap();
+        let group = group(&a, "alice", &["bob"]).await;
         // What a crash after the durable step leaves: the message and its outbox entry.
         let message = MessageRow {
             conversation_id: group.conversation_id.clone(),

@@ -25,6 +25,8 @@ mod sequencer;
 
 #[cfg(test)]
 mod property_tests;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -366,7 +366,8 @@ mod tests {
     use crate::cache::local::LocalCache;
     use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
     use crate::testkit::faults::{FaultPlan, FaultyStore, ManualClock};
-    use crate::timeline::{CreateConversation, Limits};
+    use crate::timeline::Limits;
+    use crate::timeline::test_support::{caller, group};
 
     /// A send's durable write fails (on ScyllaDB it may still land by the batchlog); the
     /// client retries after the usual claim lease. Returns what each retry got: while the
@@ -397,23 +398,8 @@ mod tests {
             },
             clock,
         );
-        let alice = Caller {
-            user_id: "alice".into(),
-            device_id: "d".into(),
-            admin: false,
-        };
-        let (group, _) = timeline
-            .create_conversation(
-                &alice,
-                CreateConversation {
-                    kind: ConversationKind::Group,
-                    conversation_id: String::new(),
-                    title: "g".into(),
-                    member_ids: vec!["bob".into()],
-                },
-            )
-            .await
-            .unwrap();
+        let alice = caller("alice");
+        let group = group(&timeline, "alice", &["bob"]).await;
         let send = || {
             timeline.send(
                 &alice,

@@ -73,6 +73,9 @@ impl World {
             hot_window: 5,
             gap_grace: GRACE,
             recovery_age: Duration::from_secs(5),
+            // Longer than a case's manual clock can run (40 ops of at most a few seconds), and
+            // short enough that a case's first recovery pass reads few buckets.
+            recovery_lookback: Duration::from_secs(300),
             send_claim_wait: Duration::ZERO,
             // A send held back by a switch's fence fails at once (a client retries later).
             send_fence_wait: Duration::ZERO,
