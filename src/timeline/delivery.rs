@@ -339,13 +339,17 @@ impl Timeline {
     /// entry was re-driven, and which ended long enough ago that no node can still add to it,
     /// is drained and not read again.
     pub async fn recover_pending(&self, created_before_ms: i64) -> TimelineResult<usize> {
+        // No entry is stamped later than now (give or take another node's clock): a caller
+        // asking for everything reads up to there.
+        let created_before_ms =
+            created_before_ms.min(self.clock.now_ms().saturating_add(OUTBOX_CLOCK_SKEW_MS));
         let first = {
             let lookback = self.limits.recovery_lookback.as_millis() as i64;
             let mut undrained = self
                 .outbox_undrained
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *undrained.get_or_insert(outbox_bucket(created_before_ms - lookback))
+            *undrained.get_or_insert(outbox_bucket(created_before_ms.saturating_sub(lookback)))
         };
         let last = outbox_bucket(created_before_ms);
         let mut redriven = 0;

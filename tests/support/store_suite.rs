@@ -710,6 +710,23 @@ pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &d
         .unwrap()
         .unwrap();
     assert_eq!(alice.mode, DeliveryMode::Hot);
+    // A hot flag raised for a user without membership (a switch racing a leave) is no source.
+    assert!(
+        store
+            .list_hot_conversations("nobody", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A leave takes the hot flag with it.
+    store.remove_member("g:m", "alice").await.unwrap();
+    assert!(
+        store
+            .list_hot_conversations("alice", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     write_plain(store, &message("g:m", 3, 33)).await;
     let taken = store
