@@ -52,21 +52,11 @@ fn caller(user: &str) -> Caller {
     }
 }
 
+/// A new group's id.
 async fn group(t: &Timeline, owner: &str, members: &[&str]) -> String {
-    let (c, created) = t
-        .create_conversation(
-            &caller(owner),
-            CreateConversation {
-                kind: ConversationKind::Group,
-                conversation_id: String::new(),
-                title: "g".into(),
-                member_ids: members.iter().map(|m| m.to_string()).collect(),
-            },
-        )
+    timeline::testkit::groups::group(t, owner, members)
         .await
-        .unwrap();
-    assert!(created);
-    c.conversation_id
+        .conversation_id
 }
 
 /// What a crash right after the durable step leaves: the message, its outbox entry and its

@@ -3,6 +3,7 @@
 //!
 //! - [`faults`]: a clock tests move by hand, and `Store` / `Cache` decorators that crash, drop,
 //!   delay or reset at the n-th operation;
+//! - [`groups`]: a caller and a new group, for tests of the pipeline;
 //! - [`ports`]: free loopback ports for child servers;
 //! - [`redis_server`]: a private `redis-server` per test, with kill, flush and pause;
 //! - [`cql`]: a parser for the CQL subset of `schema.cql` and the backend's statements, and the
@@ -11,6 +12,7 @@
 
 pub mod cql;
 pub mod faults;
+pub mod groups;
 pub mod ports;
 pub mod redis_server;
 pub mod scylla;

@@ -432,7 +432,7 @@ mod tests {
     use crate::cache::local::LocalCache;
     use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
     use crate::testkit::faults::ManualClock;
-    use crate::timeline::test_support::group;
+    use crate::testkit::groups::group;
     use crate::timeline::{Clock, Limits};
 
     /// Another node is re-driving an interrupted send (it holds the claim) when this node's

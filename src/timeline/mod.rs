@@ -25,8 +25,6 @@ mod sequencer;
 
 #[cfg(test)]
 mod property_tests;
-#[cfg(test)]
-mod test_support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};

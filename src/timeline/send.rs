@@ -366,8 +366,8 @@ mod tests {
     use crate::cache::local::LocalCache;
     use crate::store::embedded::{Durability, EmbeddedOptions, EmbeddedStore};
     use crate::testkit::faults::{FaultPlan, FaultyStore, ManualClock};
+    use crate::testkit::groups::{caller, group};
     use crate::timeline::Limits;
-    use crate::timeline::test_support::{caller, group};
 
     /// A send's durable write fails (on ScyllaDB it may still land by the batchlog); the
     /// client retries after the usual claim lease. Returns what each retry got: while the

@@ -1,10 +1,10 @@
-//! What the unit tests beside the pipeline share: a caller and a group to send into.
+//! A caller and a new group to send into, for tests of the pipeline (beside it and in `tests/`).
 
-use super::{Caller, CreateConversation, Timeline};
 use crate::model::{ConversationKind, ConversationRow};
+use crate::timeline::{Caller, CreateConversation, Timeline};
 
 /// `user` on device "d".
-pub(crate) fn caller(user: &str) -> Caller {
+pub fn caller(user: &str) -> Caller {
     Caller {
         user_id: user.into(),
         device_id: "d".into(),
@@ -13,8 +13,8 @@ pub(crate) fn caller(user: &str) -> Caller {
 }
 
 /// A new group of `owner` and `members`.
-pub(crate) async fn group(timeline: &Timeline, owner: &str, members: &[&str]) -> ConversationRow {
-    let (group, _) = timeline
+pub async fn group(timeline: &Timeline, owner: &str, members: &[&str]) -> ConversationRow {
+    let (group, created) = timeline
         .create_conversation(
             &caller(owner),
             CreateConversation {
@@ -26,5 +26,6 @@ pub(crate) async fn group(timeline: &Timeline, owner: &str, members: &[&str]) ->
         )
         .await
         .expect("group created");
+    assert!(created, "a new group");
     group
 }
