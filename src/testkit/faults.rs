@@ -52,6 +52,10 @@ pub enum FaultKind {
     Drop,
     /// The Cache loses all its state before the operation.
     ResetCache,
+    /// The operation takes effect but its caller sees it fail, as when a reply is lost to a
+    /// timeout (a paused Redis runs the queued command when it resumes; a timed-out ScyllaDB
+    /// write may still be applied).
+    Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +100,7 @@ enum Verdict {
     Proceed,
     Fail,
     Drop,
+    Lost,
 }
 
 impl FaultPlan {
@@ -173,6 +178,7 @@ impl FaultPlan {
                     self.cache.lose_state();
                     Verdict::Proceed
                 }
+                FaultKind::Lost => Verdict::Lost,
             },
             _ => Verdict::Proceed,
         }
@@ -228,6 +234,10 @@ macro_rules! faulty {
                         Verdict::Fail => Err($crash),
                         Verdict::Drop => dropped_or_crash!($crash; $($dropped)?),
                         Verdict::Proceed => self.inner.$name($($arg),*).await,
+                        Verdict::Lost => {
+                            let _applied = self.inner.$name($($arg),*).await;
+                            Err($crash)
+                        }
                     }
                 }
             )*

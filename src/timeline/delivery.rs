@@ -251,19 +251,17 @@ impl Timeline {
     ) -> TimelineResult<bool> {
         let key = redrive_claim_key(message.message_id);
         let holder = rand::random::<u64>();
-        if self
-            .cache
-            .claim(&key, holder, self.limits.send_claim_lease)
-            .await?
-            .is_some()
-            && !self.broken(Broken::RedriveWithoutClaim)
-        {
+        let lease = self.limits.send_claim_lease;
+        let claimed = if self.broken(Broken::FailedClaimKept) {
+            self.cache.claim(&key, holder, lease).await?
+        } else {
+            self.take_claim(&key, holder, lease).await?
+        };
+        if claimed.is_some() && !self.broken(Broken::RedriveWithoutClaim) {
             return Ok(false);
         }
         let done = self.redrive_claimed(message, entry).await;
-        if let Err(e) = self.cache.release_claim(&key, holder).await {
-            tracing::debug!(error = %e, "re-drive claim not released: it lapses");
-        }
+        self.release_claim(&key, holder, lease).await;
         done.map(|()| true)
     }
 

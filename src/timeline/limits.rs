@@ -93,6 +93,10 @@ pub(crate) enum Broken {
     /// A send whose durable write failed lets its claim lapse after the usual lease, so a
     /// retry may write a second message while the first write can still land.
     ClaimLapsesAfterFailedWrite,
+    /// A re-drive whose claim call failed leaves the claim to its lease, though the call may
+    /// have taken effect (a lost reply): recovery and retries then skip the entry for the
+    /// whole lease, and a retry is acked before its message is delivered.
+    FailedClaimKept,
 }
 
 impl Default for Limits {

@@ -13,6 +13,7 @@ mod mode;
 mod send;
 mod sync;
 // Shared by the operations: delivery, repair, reads, and the leaves under them.
+mod claims;
 mod cursor;
 mod delivery;
 mod error;

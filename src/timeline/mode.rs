@@ -82,8 +82,7 @@ impl Timeline {
         let claim_key = format!("mode:{conversation_id}");
         let token = rand::random::<u64>();
         if self
-            .cache
-            .claim(&claim_key, token, SWITCH_LEASE)
+            .take_claim(&claim_key, token, SWITCH_LEASE)
             .await?
             .is_some()
         {
@@ -94,7 +93,7 @@ impl Timeline {
         let result = self
             .switch_mode_claimed(conversation_id, mode, forced)
             .await;
-        self.cache.release_claim(&claim_key, token).await?;
+        self.release_claim(&claim_key, token, SWITCH_LEASE).await;
         result
     }
 

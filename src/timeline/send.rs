@@ -100,9 +100,11 @@ impl Timeline {
                 Ok(seq) => seq,
                 Err(e) => {
                     if idempotent && attempt == 0 {
+                        // It failed before writing anything: the retry may proceed at once.
                         self.release_claim_soon(
                             send_claim_key(caller, &req.client_msg_id),
                             message_id,
+                            self.limits.send_claim_lease,
                         );
                     }
                     return Err(e);
@@ -163,7 +165,7 @@ impl Timeline {
     ) {
         let key = send_claim_key(caller, &message.client_msg_id);
         if matches!(error, StoreError::Overloaded(_)) {
-            self.release_claim_soon(key, message.message_id);
+            self.release_claim_soon(key, message.message_id, self.limits.send_claim_lease);
             return;
         }
         if self.broken(Broken::ClaimLapsesAfterFailedWrite) {
@@ -181,22 +183,6 @@ impl Timeline {
             ),
             Err(e) => tracing::warn!(error = %e, "could not hold a failed send's claim"),
         }
-    }
-
-    /// Frees a send's client_msg_id after it failed before writing anything, so the client's
-    /// retry proceeds at once instead of waiting out the lease. The Cache just failed, so the
-    /// release is retried in the background for up to the lease.
-    fn release_claim_soon(&self, key: String, holder: u64) {
-        let cache = self.cache.clone();
-        let lease = self.limits.send_claim_lease;
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let mut delay = Duration::from_millis(50);
-            while cache.release_claim(&key, holder).await.is_err() && started.elapsed() < lease {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-        });
     }
 
     /// The next conv_seq. While a mode switch fences the conversation (for the one Store write
@@ -304,12 +290,37 @@ impl Timeline {
             .store
             .get_pending(OutboxKey::for_message(&message))
             .await?
-            && self.redrive(&message, &pending).await?
         {
-            ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
+            if self.redrive(&message, &pending).await? {
+                ::metrics::counter!(metrics::RECOVERY_REDRIVES, "trigger" => "retry").increment(1);
+            } else {
+                self.await_redrive(&message, &req.client_msg_id).await?;
+            }
         }
         ::metrics::counter!(metrics::IDEMPOTENT_REPLAYS).increment(1);
         Ok(Some(message))
+    }
+
+    /// Another re-drive of `message` holds its claim: waits up to `send_claim_wait` for it to
+    /// clear the outbox entry, so that this ack too means delivered; else the client retries.
+    async fn await_redrive(&self, message: &MessageRow, client_msg_id: &str) -> TimelineResult<()> {
+        let waited = tokio::time::Instant::now();
+        loop {
+            if self
+                .store
+                .get_pending(OutboxKey::for_message(message))
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
+            if waited.elapsed() >= self.limits.send_claim_wait {
+                return Err(TimelineError::Aborted(format!(
+                    "the message of client_msg_id {client_msg_id:?} is still being delivered; retry"
+                )));
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+        }
     }
 
     /// Takes the client_msg_id for this send so that concurrent duplicates cannot both create a
@@ -321,19 +332,9 @@ impl Timeline {
         message_id: u64,
     ) -> TimelineResult<Option<MessageRow>> {
         let key = send_claim_key(caller, &req.client_msg_id);
-        let claimed = match self
-            .cache
-            .claim(&key, message_id, self.limits.send_claim_lease)
-            .await
-        {
-            Ok(held) => held,
-            Err(e) => {
-                // The claim may still take effect (a reply lost, a paused Redis resuming):
-                // take it back, or the retry would wait out the lease.
-                self.release_claim_soon(key, message_id);
-                return Err(e.into());
-            }
-        };
+        let claimed = self
+            .take_claim(&key, message_id, self.limits.send_claim_lease)
+            .await?;
         if claimed.is_none() {
             // The claim may have expired after a first send completed: the record decides.
             return self.replay(caller, req).await;

@@ -3,7 +3,7 @@
 //! Random sequences of operations — sends by random members into groups and direct chats,
 //! retries, joins, leaves, forced and automatic mode switches, syncs by random devices with
 //! random page sizes, crashes between any two steps of a send, late writes, dropped Cache
-//! writes, Cache (sequencer) resets, recovery passes, clock advances — run against the real
+//! writes, writes that take effect but report failure (a lost reply), Cache (sequencer) resets, recovery passes, clock advances — run against the real
 //! pipeline over the embedded store and local cache wrapped in fault injectors, and against a
 //! small model of what was acknowledged and who belongs where. Checked:
 //!
@@ -137,6 +137,7 @@ fn fault() -> impl Strategy<Value = Option<Fault>> {
         2 => Just(FaultKind::Late(GRACE + Duration::from_millis(500))),
         1 => Just(FaultKind::Drop),
         1 => Just(FaultKind::ResetCache),
+        1 => Just(FaultKind::Lost),
     ];
     prop_oneof![
         3 => Just(None),
@@ -399,4 +400,42 @@ fn a_flip_flop_with_racing_syncs_loses_nothing() {
     if let Err(e) = run_case(&ops, None) {
         panic!("{e}");
     }
+}
+
+/// Found in CI (Redis paused under load): a send crashed before its fan-out, and its retry's
+/// re-drive claim timed out but took effect when Redis resumed. Nobody held the claim, yet
+/// recovery and the next retry skipped the entry for the whole lease — and that retry was
+/// acked though nothing was delivered. A claim whose call failed is now taken back, and a
+/// retry that finds another re-drive at work waits for it (or is told to retry).
+fn lost_redrive_claim() -> [Op; 3] {
+    [
+        Op::Send {
+            sender: 0,
+            conv: 0,
+            fault: Some(Fault {
+                at: 10,
+                kind: FaultKind::Crash,
+            }),
+        },
+        Op::Retry {
+            sender: 0,
+            fault: Some(Fault {
+                at: 5,
+                kind: FaultKind::Lost,
+            }),
+        },
+        Op::Retry {
+            sender: 0,
+            fault: None,
+        },
+    ]
+}
+
+#[test]
+fn a_redrive_claim_whose_reply_was_lost_blocks_nobody() {
+    if let Err(e) = run_case(&lost_redrive_claim(), None) {
+        panic!("{e}");
+    }
+    let broken = run_case(&lost_redrive_claim(), Some(Broken::FailedClaimKept));
+    assert!(broken.is_err(), "a claim left to its lease was not caught");
 }
