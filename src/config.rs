@@ -1,8 +1,8 @@
 //! Layered configuration: defaults < `timeline.toml` < `TIMELINE_*` environment <
 //! command-line flags. Top-level keys say what the node is (`listen`, `data_dir`, `store`,
 //! `cache`, `node_id`, ...); each part has a section parsed into its own typed options:
-//! `[limits]` ([`Limits`]), `[embedded]`, `[redis]` ([`RedisOptions`]) and `[scylla]`
-//! ([`ScyllaOptions`]). Unknown keys are rejected with an error naming them.
+//! `[limits]` ([`Limits`]), `[embedded]`, `[redis]` ([`RedisOptions`]), `[scylla]`
+//! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]) and `[notify]` ([`NotifyOptions`]). Unknown keys are rejected with an error naming them.
 //!
 //! Environment variables: `TIMELINE_<KEY>` for a top-level key and `TIMELINE_<SECTION>__<KEY>`
 //! for a key of a section (`TIMELINE_SCYLLA__NODES`, `TIMELINE_LIMITS__GAP_GRACE`). The flat
@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::redis::RedisOptions;
+use crate::notify::NotifyOptions;
 use crate::push::PushOptions;
 use crate::store::embedded::{Durability, EmbeddedOptions};
 use crate::store::scylla::ScyllaOptions;
@@ -94,6 +95,8 @@ pub struct Config {
     pub scylla: ScyllaOptions,
     #[serde(default)]
     pub push: PushOptions,
+    #[serde(default)]
+    pub notify: NotifyOptions,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for Config {
             redis: RedisOptions::default(),
             scylla: ScyllaOptions::default(),
             push: PushOptions::default(),
+            notify: NotifyOptions::default(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Config {
         self.limits.validate().map_err(invalid)?;
         self.redis.validate().map_err(invalid)?;
         self.push.validate().map_err(invalid)?;
+        self.notify.validate().map_err(invalid)?;
         if self.store == StoreKind::Scylla {
             self.scylla.validate().map_err(invalid)?;
         }

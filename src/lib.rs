@@ -28,6 +28,7 @@ pub mod config;
 mod method_list;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod proto;
 pub mod push;
 pub mod server;

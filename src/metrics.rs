@@ -40,6 +40,10 @@ pub const PUSH_ONLINE_DEVICES: &str = "timeline_push_online_devices";
 pub const PUSH_STREAMS_ENDED: &str = "timeline_push_streams_ended_total";
 pub const PUSH_HINTS_PUBLISHED: &str = "timeline_push_hints_published_total";
 pub const PUBSUB_RECONNECTS: &str = "timeline_pubsub_reconnects_total";
+pub const NOTIFY_NOTIFICATIONS: &str = "timeline_notify_notifications_total";
+pub const NOTIFY_SKIPPED: &str = "timeline_notify_skipped_total";
+pub const NOTIFY_WEBHOOK_DURATION: &str = "timeline_notify_webhook_duration_seconds";
+pub const NOTIFY_QUEUE_DEPTH: &str = "timeline_notify_queue_depth";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -203,6 +207,23 @@ fn describe() {
         PUBSUB_RECONNECTS,
         "Times the node's pub/sub subscriber lost its connection and came back."
     );
+    describe_counter!(
+        NOTIFY_NOTIFICATIONS,
+        "Offline notifications, by outcome: queued, sent (the webhook took them), failed (refused or retries exhausted), dropped (queue full)."
+    );
+    describe_counter!(
+        NOTIFY_SKIPPED,
+        "Recipients not notified of a delivery, by reason (coalesced, no_offline_device, read, not_a_member, stale, overloaded, error)."
+    );
+    describe_histogram!(
+        NOTIFY_WEBHOOK_DURATION,
+        metrics::Unit::Seconds,
+        "Webhook request latency, by outcome (delivered, retry, rejected)."
+    );
+    describe_gauge!(
+        NOTIFY_QUEUE_DEPTH,
+        "Offline notifications waiting for the webhook on this node."
+    );
 }
 
 /// Counters of rare events exist from the start at 0 (for every label value the code uses),
@@ -221,7 +242,25 @@ fn register_known_series() {
     ] {
         counter!(name).increment(0);
     }
-    let labelled: [(&str, &str, &[&str]); 11] = [
+    let labelled: [(&str, &str, &[&str]); 13] = [
+        (
+            NOTIFY_NOTIFICATIONS,
+            "outcome",
+            &["queued", "sent", "failed", "dropped"],
+        ),
+        (
+            NOTIFY_SKIPPED,
+            "reason",
+            &[
+                "coalesced",
+                "no_offline_device",
+                "read",
+                "not_a_member",
+                "stale",
+                "overloaded",
+                "error",
+            ],
+        ),
         (PUSH_EVENTS, "kind", &["batch", "heartbeat", "typing"]),
         (PUSH_WAKEUPS, "outcome", &["synced", "coalesced"]),
         (

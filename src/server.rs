@@ -14,6 +14,7 @@ use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, CacheError};
 use crate::config::{CacheKind, Config, ConfigError, StoreKind};
 use crate::metrics;
+use crate::notify::Notifier;
 use crate::push::Hub;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::metered::MeteredStore;
@@ -39,6 +40,8 @@ pub struct Node {
     pub timeline: Arc<Timeline>,
     pub auth: Arc<Authenticator>,
     pub push: Arc<Hub>,
+    /// Offline notifications, when a webhook is configured.
+    pub notify: Option<Arc<Notifier>>,
     pub metrics: PrometheusHandle,
 }
 
@@ -94,15 +97,17 @@ impl Node {
         );
         let push = Hub::start(
             timeline.clone(),
-            cache,
+            cache.clone(),
             config.push.clone(),
             config.node_id.to_string(),
         )
         .await?;
+        let notify = Notifier::start(timeline.clone(), cache, config.notify.clone());
         Ok(Self {
             timeline,
             auth: Arc::new(Authenticator::new(secret)),
             push,
+            notify,
             metrics,
         })
     }

@@ -17,7 +17,9 @@ use crate::metrics::record_request;
 use crate::model::{ConversationKind, DeliveryMode};
 use crate::proto::{self, timeline_service_server::TimelineService};
 use crate::push::{Hub, TypingOutcome};
-use crate::timeline::{Caller, CreateConversation, SendMessage, Timeline};
+use crate::timeline::{
+    Caller, CreateConversation, PushPlatform, PushTarget, SendMessage, Timeline,
+};
 
 #[derive(Clone)]
 pub struct TimelineApi {
@@ -129,6 +131,18 @@ fn delivery_mode(raw: i32) -> Result<Option<DeliveryMode>, Status> {
     }
 }
 
+fn push_platform(raw: i32) -> Result<PushPlatform, Status> {
+    match proto::PushPlatform::try_from(raw) {
+        Ok(proto::PushPlatform::Apns) => Ok(PushPlatform::Apns),
+        Ok(proto::PushPlatform::Fcm) => Ok(PushPlatform::Fcm),
+        Ok(proto::PushPlatform::WebPush) => Ok(PushPlatform::WebPush),
+        Ok(proto::PushPlatform::Other) => Ok(PushPlatform::Other),
+        _ => Err(Status::invalid_argument(
+            "platform must be PUSH_PLATFORM_APNS, _FCM, _WEB_PUSH or _OTHER",
+        )),
+    }
+}
+
 /// A receiver as a stream.
 fn tokio_stream_of<T: Send + 'static>(
     receiver: tokio::sync::mpsc::Receiver<T>,
@@ -188,6 +202,45 @@ impl TimelineService for TimelineApi {
                     })
                     .collect(),
             })
+        })
+        .await
+    }
+
+    async fn register_push_target(
+        &self,
+        request: Request<proto::RegisterPushTargetRequest>,
+    ) -> Result<Response<proto::RegisterPushTargetResponse>, Status> {
+        self.handle("RegisterPushTarget", request, |caller, req| async move {
+            let row = self
+                .timeline
+                .register_push_target(
+                    &caller,
+                    PushTarget {
+                        device_id: req.device_id,
+                        platform: push_platform(req.platform)?,
+                        token: req.token,
+                        app_id: req.app_id,
+                        locale: req.locale,
+                    },
+                )
+                .await?;
+            Ok(proto::RegisterPushTargetResponse {
+                device_id: row.device_id,
+                registered_at_ms: row.registered_at_ms,
+            })
+        })
+        .await
+    }
+
+    async fn unregister_push_target(
+        &self,
+        request: Request<proto::UnregisterPushTargetRequest>,
+    ) -> Result<Response<proto::UnregisterPushTargetResponse>, Status> {
+        self.handle("UnregisterPushTarget", request, |caller, req| async move {
+            self.timeline
+                .unregister_push_target(&caller, &req.device_id)
+                .await?;
+            Ok(proto::UnregisterPushTargetResponse {})
         })
         .await
     }

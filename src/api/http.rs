@@ -158,6 +158,8 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         "/v1/Ping" => ping,
         "/v1/SendTyping" => send_typing,
         "/v1/GetPresence" => get_presence,
+        "/v1/RegisterPushTarget" => register_push_target,
+        "/v1/UnregisterPushTarget" => unregister_push_target,
     );
     routes
         .route("/v1/stream", get(super::websocket::upgrade))

@@ -115,7 +115,7 @@ impl Hub {
     ) -> CacheResult<Arc<Self>> {
         let subscriber = cache.subscriber().await?;
         let publisher = Arc::new(Publisher::start(cache.clone()));
-        timeline.set_listener(publisher.clone());
+        timeline.add_listener(publisher.clone());
         let shared_reads =
             CoalescedReads::wrap(cache.clone(), options.shared_read_age(), options.heartbeat);
         let reads = timeline.reading_through(shared_reads.clone());

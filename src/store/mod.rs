@@ -147,6 +147,14 @@ macro_rules! with_store_methods {
         fn list_pending(&self, bucket: u64, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
         fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>>;
         fn delete_pending(&self, key: OutboxKey) -> StoreResult<()>;
+        // --- push targets --------------------------------------------------------------------
+        /// Registers (or replaces) one device's push target.
+        fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()>;
+        /// Removes the device's target if it was registered at or before `registered_at_ms`: a
+        /// removal decided on an old registration (its token was refused) keeps a newer one.
+        fn delete_push_target(&self, user_id: &str, device_id: &str, registered_at_ms: i64) -> StoreResult<()>;
+        /// The user's targets, by device (a user has a few devices).
+        fn list_push_targets(&self, user_id: &str) -> StoreResult<Vec<PushTargetRow>>;
         // --- the node ------------------------------------------------------------------------
         /// Answers once the store can serve reads and writes (readiness).
         fn ping(&self) -> StoreResult<()>;

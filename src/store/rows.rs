@@ -46,6 +46,22 @@ pub struct IdempotencyRow {
     pub created_at_ms: i64,
 }
 
+/// `push_targets`, partition key `user_id`, clustering `device_id`: where a device that has no
+/// open stream is notified (the app's push token, opaque to us).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTargetRow {
+    pub user_id: String,
+    pub device_id: String,
+    /// `apns`, `fcm`, `webpush` or `other`.
+    pub platform: String,
+    pub token: String,
+    pub app_id: String,
+    /// BCP 47 tag or empty.
+    pub locale: String,
+    /// When this registration was written: a removal for an older one leaves it alone.
+    pub registered_at_ms: i64,
+}
+
 /// `outbox`, partition key `(bucket, shard)`, clustering `message_id`: the fan-outs still to
 /// do, which crash recovery re-drives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

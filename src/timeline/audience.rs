@@ -57,6 +57,20 @@ impl Timeline {
         ))
     }
 
+    /// One page of a conversation's member ids, after `after`, in id order.
+    pub(crate) async fn member_ids(
+        &self,
+        conversation_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> TimelineResult<Vec<String>> {
+        let page = self
+            .store
+            .list_members(conversation_id, after, limit)
+            .await?;
+        Ok(page.into_iter().map(|m| m.user_id).collect())
+    }
+
     /// For each user, whether it shares a conversation with the caller (the caller itself:
     /// yes). Invalid ids and more than [`MAX_PRESENCE_USERS`] are INVALID_ARGUMENT.
     pub async fn share_a_conversation(

@@ -75,4 +75,30 @@ impl Timeline {
             next_before_seq,
         })
     }
+
+    /// The newest message (not a hole) of a conversation among its last few seqs, read
+    /// without a caller: for notifying about it, never shown to anyone not entitled to it.
+    pub(crate) async fn newest_message(
+        &self,
+        conversation_id: &str,
+    ) -> TimelineResult<Option<MessageRow>> {
+        let highest = self
+            .read_bound(&SeqKey::Conversation(conversation_id.to_owned()))
+            .await?;
+        if highest == 0 {
+            return Ok(None);
+        }
+        let bucket = self.bucket(highest);
+        let range = SeqRange {
+            from: bucket * self.limits.bucket_size,
+            to: highest,
+        };
+        let rows = self
+            .store
+            .read_messages(conversation_id, bucket, range, ReadOrder::Descending, 8)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .find(|m| m.kind == crate::store::MessageKind::User))
+    }
 }

@@ -10,6 +10,7 @@ mod conversation_list;
 mod conversations;
 mod history;
 mod mode;
+mod push_targets;
 mod send;
 mod sync;
 // Shared by the operations: delivery, repair, reads, and the leaves under them.
@@ -27,7 +28,7 @@ mod sequencer;
 #[cfg(test)]
 mod property_tests;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use audience::{Audience, MAX_PRESENCE_USERS};
@@ -39,6 +40,7 @@ pub use history::HistoryPage;
 pub(crate) use limits::Broken;
 pub use limits::Limits;
 pub use listener::DeliveryListener;
+pub use push_targets::{PushPlatform, PushTarget, token_fingerprint};
 pub use send::SendMessage;
 pub use sync::SyncPage;
 
@@ -77,8 +79,9 @@ pub struct Timeline {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) ids: Arc<ids::Snowflake>,
     pub(crate) fanout_rates: mode::RateTracker,
-    /// Told of every delivery (push wakes streams with it); set once, by the node.
-    listener: OnceLock<Arc<dyn DeliveryListener>>,
+    /// Told of every delivery (push wakes streams with it, offline notifications follow it);
+    /// added by the node as it starts.
+    listeners: std::sync::RwLock<Vec<Arc<dyn DeliveryListener>>>,
     /// The first outbox bucket this node's recovery has not drained yet (`None` before its
     /// first pass).
     pub(crate) outbox_undrained: std::sync::Mutex<Option<u64>>,
@@ -96,7 +99,7 @@ impl Timeline {
             cache,
             ids: Arc::new(ids::Snowflake::new(limits.node_id)),
             fanout_rates: mode::RateTracker::default(),
-            listener: OnceLock::new(),
+            listeners: Default::default(),
             outbox_undrained: std::sync::Mutex::new(None),
             limits,
             clock,
@@ -111,21 +114,28 @@ impl Timeline {
             cache,
             ids: self.ids.clone(),
             fanout_rates: mode::RateTracker::default(),
-            listener: OnceLock::new(),
+            listeners: Default::default(),
             outbox_undrained: std::sync::Mutex::new(None),
             limits: self.limits.clone(),
             clock: self.clock.clone(),
         })
     }
 
-    /// Sets the listener told of every delivery; a second call is ignored (returns false).
-    pub fn set_listener(&self, listener: Arc<dyn DeliveryListener>) -> bool {
-        self.listener.set(listener).is_ok()
+    /// Adds a listener told of every delivery from now on.
+    pub fn add_listener(&self, listener: Arc<dyn DeliveryListener>) {
+        self.listeners
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(listener);
     }
 
-    /// Tells the listener, if there is one.
-    pub(crate) fn notify(&self, tell: impl FnOnce(&dyn DeliveryListener)) {
-        if let Some(listener) = self.listener.get() {
+    /// Tells every listener.
+    pub(crate) fn notify(&self, tell: impl Fn(&dyn DeliveryListener)) {
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for listener in listeners.iter() {
             tell(listener.as_ref());
         }
     }

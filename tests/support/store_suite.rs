@@ -767,6 +767,65 @@ pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &d
     assert!(hole.message_id >> 63 == 1, "never a snowflake");
 }
 
+pub async fn push_targets_are_kept_per_device_and_the_newest_registration_wins(store: &dyn Store) {
+    let target = |device: &str, token: &str, at: i64| PushTargetRow {
+        user_id: "alice".into(),
+        device_id: device.into(),
+        platform: "apns".into(),
+        token: token.into(),
+        app_id: "com.example.chat".into(),
+        locale: "de-CH".into(),
+        registered_at_ms: at,
+    };
+    let listed = |user: &'static str| async move {
+        let mut rows = store.list_push_targets(user).await.unwrap();
+        rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        rows
+    };
+    store
+        .put_push_target(&target("phone", "t1", 1_000))
+        .await
+        .unwrap();
+    store
+        .put_push_target(&target("tablet", "t2", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed("alice").await,
+        [target("phone", "t1", 1_000), target("tablet", "t2", 1_000)]
+    );
+    assert!(
+        listed("alice2").await.is_empty(),
+        "per user, not per prefix"
+    );
+    // A re-registration replaces the device's token; an older one arriving late does not.
+    store
+        .put_push_target(&target("phone", "t3", 2_000))
+        .await
+        .unwrap();
+    store
+        .put_push_target(&target("phone", "t1", 1_500))
+        .await
+        .unwrap();
+    assert_eq!(listed("alice").await[0], target("phone", "t3", 2_000));
+    // A removal decided on the old registration (its token was refused) keeps the new one.
+    store
+        .delete_push_target("alice", "phone", 1_000)
+        .await
+        .unwrap();
+    assert_eq!(listed("alice").await[0], target("phone", "t3", 2_000));
+    store
+        .delete_push_target("alice", "phone", 2_000)
+        .await
+        .unwrap();
+    assert_eq!(listed("alice").await, [target("tablet", "t2", 1_000)]);
+    // Removing what is not there is no error.
+    store
+        .delete_push_target("alice", "watch", 5_000)
+        .await
+        .unwrap();
+}
+
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$factory`.
 #[macro_export]
 macro_rules! store_conformance_suite {
@@ -781,6 +840,7 @@ macro_rules! store_conformance_suite {
             inbox_reads_after_a_position_per_user_and_bucket,
             outbox_is_listed_per_time_bucket_and_shard,
             modes_only_rise_for_users_and_holes_fill_only_empty_slots,
+            push_targets_are_kept_per_device_and_the_newest_registration_wins,
         );
     };
     (@tests $attrs:tt $factory:path; $($name:ident),* $(,)?) => {

@@ -77,6 +77,7 @@ struct Tables {
     /// members' user_conversations rows to the memtable, which a range scan walks through;
     /// this index changes only with the mode, so Sync's scan stays short.
     user_hot: Keyspace,
+    push_targets: Keyspace,
 }
 
 enum Outcome {
@@ -140,6 +141,7 @@ impl EmbeddedStore {
             idempotency: open("idempotency")?,
             outbox: open("outbox")?,
             user_hot: open("user_hot")?,
+            push_targets: open("push_targets")?,
         };
         migrate_legacy_outbox(&db, &tables)?;
         match tables.meta.get(b"bucket_size").map_err(fj)? {
@@ -686,6 +688,47 @@ impl Store for EmbeddedStore {
 
     async fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>> {
         self.read(move |t| get(&t.outbox, &outbox_key(key))).await
+    }
+
+    async fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()> {
+        let row = row.clone();
+        self.write(Box::new(move |t, batch| {
+            let k = key_with_suffix(&row.user_id, &row.device_id);
+            // The later registration wins, as the write timestamp decides on ScyllaDB.
+            let newer = get::<PushTargetRow>(&t.push_targets, &k)?
+                .is_some_and(|old| old.registered_at_ms > row.registered_at_ms);
+            if !newer {
+                batch.insert(&t.push_targets, k, encode(&row)?);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn delete_push_target(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        registered_at_ms: i64,
+    ) -> StoreResult<()> {
+        let k = key_with_suffix(user_id, device_id);
+        self.write(Box::new(move |t, batch| {
+            if get::<PushTargetRow>(&t.push_targets, &k)?
+                .is_some_and(|row| row.registered_at_ms <= registered_at_ms)
+            {
+                batch.remove(&t.push_targets, k);
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn list_push_targets(&self, user_id: &str) -> StoreResult<Vec<PushTargetRow>> {
+        let prefix = key(&[user_id], &[]);
+        self.read(move |t| scan_values(t.push_targets.prefix(prefix), usize::MAX))
+            .await
     }
 
     async fn delete_pending(&self, key: OutboxKey) -> StoreResult<()> {

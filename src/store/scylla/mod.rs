@@ -153,7 +153,7 @@ impl Store for ScyllaStore {
         counted_at_ms: i64,
     ) -> StoreResult<()> {
         let count = i32::try_from(member_count).map_err(corrupt)?;
-        let at_micros = counted_at_ms.max(1).saturating_mul(1000);
+        let at_micros = write_micros(counted_at_ms);
         self.exec(
             &self.st.set_member_count,
             (at_micros, count, conversation_id),
@@ -682,6 +682,54 @@ impl Store for ScyllaStore {
         }))
     }
 
+    async fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()> {
+        self.exec(
+            &self.st.insert_push_target,
+            (
+                &row.user_id,
+                &row.device_id,
+                &row.platform,
+                &row.token,
+                &row.app_id,
+                &row.locale,
+                Millis(row.registered_at_ms),
+                write_micros(row.registered_at_ms),
+            ),
+        )
+        .await
+    }
+
+    async fn delete_push_target(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        registered_at_ms: i64,
+    ) -> StoreResult<()> {
+        self.exec(
+            &self.st.delete_push_target,
+            (write_micros(registered_at_ms), user_id, device_id),
+        )
+        .await
+    }
+
+    async fn list_push_targets(&self, user_id: &str) -> StoreResult<Vec<PushTargetRow>> {
+        let rows: Vec<PushTargetCql> = self
+            .rows(&self.st.list_push_targets, (user_id,), usize::MAX)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PushTargetRow {
+                user_id: r.user_id,
+                device_id: r.device_id,
+                platform: r.platform.unwrap_or_default(),
+                token: r.token.unwrap_or_default(),
+                app_id: r.app_id.unwrap_or_default(),
+                locale: r.locale.unwrap_or_default(),
+                registered_at_ms: r.registered_at.map_or(0, |t| t.0),
+            })
+            .collect())
+    }
+
     async fn list_pending(
         &self,
         bucket: u64,
@@ -710,6 +758,12 @@ impl Store for ScyllaStore {
 }
 
 /// `(bucket, shard, message_id)` as bound.
+/// A write timestamp (microseconds) for a time in milliseconds; at least 1, since a row
+/// written at timestamp 0 could not be told from an unset cell.
+fn write_micros(at_ms: i64) -> i64 {
+    at_ms.max(1).saturating_mul(1000)
+}
+
 fn outbox_binds(key: OutboxKey) -> StoreResult<(i64, i32, i64)> {
     Ok((
         int(key.bucket)?,

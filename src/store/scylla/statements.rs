@@ -156,6 +156,17 @@ pub struct PendingCql {
     pub inbox_allocation: Option<BTreeMap<String, i64>>,
 }
 
+#[derive(Debug, DeserializeRow)]
+pub struct PushTargetCql {
+    pub user_id: String,
+    pub device_id: String,
+    pub platform: Option<String>,
+    pub token: Option<String>,
+    pub app_id: Option<String>,
+    pub locale: Option<String>,
+    pub registered_at: Option<Millis>,
+}
+
 pub type Spans = Vec<(i64, String)>;
 pub type Allocation = BTreeMap<String, i64>;
 
@@ -394,4 +405,14 @@ statements! {
         "SELECT bucket, shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
     delete_pending(true): (i64, i32, i64) => NoRows =
         "DELETE FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
+
+    // --- push_targets -------------------------------------------------------------------
+    /// Write timestamp = registration time: the later registration wins.
+    insert_push_target(true): (String, String, String, String, String, String, Millis, i64) => NoRows =
+        "INSERT INTO push_targets (user_id, device_id, platform, token, app_id, locale, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    /// Timestamp = the registration removed: a newer one is not shadowed.
+    delete_push_target(true): (i64, String, String) => NoRows =
+        "DELETE FROM push_targets USING TIMESTAMP ? WHERE user_id = ? AND device_id = ?";
+    list_push_targets(true): (String,) => PushTargetCql =
+        "SELECT user_id, device_id, platform, token, app_id, locale, registered_at FROM push_targets WHERE user_id = ?";
 }
