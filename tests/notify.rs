@@ -509,3 +509,41 @@ async fn metric(server: &TestServer, sample: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Two nodes share one Store and one Redis, as a cluster does: a burst sent through both
+/// still makes one notification now and one summing up, never one per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_a_cluster_never_notify_a_window_twice() {
+    use ::timeline::store::Store;
+    let (receiver, url) = Receiver::start().await;
+    let redis =
+        ::timeline::testkit::redis_server::RedisProcess::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = ::timeline::store::embedded::EmbeddedStore::open(
+        dir.path(),
+        Config::default().embedded_options(),
+    )
+    .expect("store");
+    let webhook = |c: &mut Config| {
+        c.notify.webhook_url = Some(url.clone());
+        c.notify.webhook_secret = Some(SECRET.into());
+        c.notify.interval = Duration::from_secs(1);
+    };
+    let a = TestServer::start_on_store(store.clone(), &redis.url(), 1, webhook).await;
+    let b = TestServer::start_on_store(store.clone(), &redis.url(), 2, webhook).await;
+    register(&a, "bob", "phone").await;
+    let mut via_a = a.client("alice", "laptop").await;
+    let mut via_b = b.client("alice", "laptop").await;
+    for i in 0..6 {
+        let client = if i % 2 == 0 { &mut via_a } else { &mut via_b };
+        send_text(client, "d:alice:bob", &format!("c{i}"), "ping").await;
+    }
+    let got = receiver.wait_for(2).await;
+    tokio::time::sleep(SETTLE * 2).await;
+    let got_later = receiver.notifications();
+    assert_eq!(got_later.len(), 2, "{got_later:?}");
+    assert_eq!((got[0].conv_seq, got[0].new_messages), (1, 1));
+    assert_eq!((got[1].conv_seq, got[1].new_messages), (6, 5));
+    a.stop().await;
+    b.stop().await;
+}
