@@ -248,7 +248,7 @@ async fn send_latency(webhook: Option<Duration>, sends: usize) -> Duration {
     }
     let mut latencies = Vec::with_capacity(sends);
     for (i, peer) in peers.iter().enumerate() {
-        let conversation = if *peer < "sender".to_owned() {
+        let conversation = if peer.as_str() < "sender" {
             format!("d:{peer}:sender")
         } else {
             format!("d:sender:{peer}")

@@ -236,7 +236,31 @@ fn has_finite_sample(data: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
-    let server = TestServer::start_with_redis(|_| {}).await;
+    // A webhook receiver that takes everything: carol and dave are never online, so the
+    // notification panels have traffic.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "{}" }));
+    tokio::spawn(async move { axum::serve(hook, app).await });
+    let server = TestServer::start_with_redis(|c| {
+        c.notify.webhook_url = Some(hook_url);
+        c.notify.webhook_secret = Some("dashboards-webhook-secret".into());
+        c.notify.interval = Duration::from_secs(1);
+        c.notify.hot_interval = Duration::from_secs(2);
+    })
+    .await;
+    for user in ["carol", "dave"] {
+        server
+            .client(user, "phone")
+            .await
+            .register_push_target(RegisterPushTargetRequest {
+                platform: PushPlatform::Fcm as i32,
+                token: format!("fcm-{user}"),
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+    }
     let prometheus = PrometheusProcess::start(JOB, &[server.addr]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = drive_traffic(&server, stop.clone()).await;
