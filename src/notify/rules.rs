@@ -21,7 +21,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::NotifyOptions;
+use super::options::NotifyOptions;
 use super::payload::{Device, Notification};
 use super::webhook::{Pending, Sender, Webhook};
 use crate::cache::Cache;

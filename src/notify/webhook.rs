@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 
-use super::NotifyOptions;
+use super::options::NotifyOptions;
 use super::payload::{Answer, Batch, DELIVERY_HEADER, Notification, SIGNATURE_HEADER, sign};
 use crate::metrics;
 use crate::store::PushTargetRow;
