@@ -46,6 +46,9 @@ enum Event {
 /// The node's notifier: the listener of its deliveries. Started only with a webhook URL.
 pub struct Notifier {
     events: mpsc::Sender<Event>,
+    /// Body bytes an event keeps: enough for the preview, so that a full queue of events holds
+    /// no message bodies (10,000 of 64 KiB would be 640 MiB).
+    preview_bytes: usize,
 }
 
 struct Rules {
@@ -75,6 +78,8 @@ impl Notifier {
         );
         tokio::spawn(sender.run());
         let (events, queue) = mpsc::channel(options.queue);
+        // A character is at most 4 bytes of UTF-8.
+        let preview_bytes = options.preview_chars.saturating_mul(4);
         let rules = Arc::new(Rules {
             timeline: timeline.clone(),
             cache,
@@ -82,7 +87,10 @@ impl Notifier {
             options,
         });
         tokio::spawn(rules.run(queue));
-        let notifier = Arc::new(Self { events });
+        let notifier = Arc::new(Self {
+            events,
+            preview_bytes,
+        });
         timeline.add_listener(notifier.clone());
         Some(notifier)
     }
@@ -94,17 +102,29 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// The message as an event keeps it: its body cut to what a preview may show.
+    fn kept(&self, message: &MessageRow) -> MessageRow {
+        let shown = message.body.len().min(self.preview_bytes);
+        MessageRow {
+            // A copy: a slice would keep the whole body's buffer alive.
+            body: bytes::Bytes::copy_from_slice(&message.body[..shown]),
+            ..message.clone()
+        }
+    }
+}
+
 impl DeliveryListener for Notifier {
     fn fanned_out(&self, message: &MessageRow, users: &[&str]) {
         if message.kind == MessageKind::User {
             let users = users.iter().map(|u| (*u).to_owned()).collect();
-            self.push(Event::FannedOut(message.clone(), users));
+            self.push(Event::FannedOut(self.kept(message), users));
         }
     }
 
     fn appended_hot(&self, message: &MessageRow) {
         if message.kind == MessageKind::User {
-            self.push(Event::Hot(message.clone()));
+            self.push(Event::Hot(self.kept(message)));
         }
     }
 
