@@ -15,11 +15,12 @@
 //! Nothing is said to a recipient who has read the conversation up to the newest message, nor
 //! about a message older than `max_age` (a late re-drive or a backfill).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::options::NotifyOptions;
 use super::payload::{Device, Notification};
@@ -35,6 +36,8 @@ const CONCURRENCY: usize = 32;
 const MEMBER_PAGE: usize = 500;
 /// Recipients of one page handled at once.
 const RECIPIENTS_AT_ONCE: usize = 32;
+/// Held windows remembered before expired ones are swept.
+const HELD_SWEEP_AT: usize = 100_000;
 
 enum Event {
     /// `message` was written to the inboxes of `users`.
@@ -56,6 +59,10 @@ struct Rules {
     cache: Arc<dyn Cache>,
     webhook: Arc<Webhook>,
     options: NotifyOptions,
+    /// Windows this node holds, by claim key, until when: a delivery inside one needs no
+    /// Cache call (this node's summing-up covers it), so a busy conversation costs a claim per
+    /// recipient per window, not per message.
+    held: Mutex<HashMap<String, Instant>>,
 }
 
 impl Notifier {
@@ -85,6 +92,7 @@ impl Notifier {
             cache,
             webhook,
             options,
+            held: Mutex::new(HashMap::new()),
         });
         tokio::spawn(rules.run(queue));
         let notifier = Arc::new(Self {
@@ -131,6 +139,11 @@ impl DeliveryListener for Notifier {
     fn memberships_changed(&self, _conversation_id: &str, _users: &[String]) {}
 }
 
+/// The claim of a small chat's window for one recipient.
+fn window_key(user: &str, conversation_id: &str) -> String {
+    format!("notify:{user}:{conversation_id}")
+}
+
 fn skipped(reason: &'static str, n: u64) {
     ::metrics::counter!(metrics::NOTIFY_SKIPPED, "reason" => reason).increment(n);
 }
@@ -164,10 +177,18 @@ impl Rules {
         }
         match event {
             Event::FannedOut(message, users) => {
-                let recipients: Vec<String> = users
+                // Recipients in a window this node holds are covered by its summing-up.
+                let conversation = &message.conversation_id;
+                let others: Vec<String> = users
                     .into_iter()
                     .filter(|u| *u != message.sender_id)
                     .collect();
+                let count = others.len();
+                let recipients: Vec<String> = others
+                    .into_iter()
+                    .filter(|u| !self.holds(&window_key(u, conversation)))
+                    .collect();
+                skipped("coalesced", (count - recipients.len()) as u64);
                 let online = self.online_devices(&recipients).await?;
                 let message = Arc::new(message);
                 futures::stream::iter(recipients.into_iter().zip(online))
@@ -202,16 +223,35 @@ impl Rules {
 
     /// Takes `key` for `lease`: whether this node now holds the window.
     async fn take_window(&self, key: &str, lease: std::time::Duration) -> TimelineResult<bool> {
+        if self.holds(key) {
+            skipped("coalesced", 1);
+            return Ok(false);
+        }
         let holder = rand::random::<u64>();
+        let started = Instant::now();
         let taken = self
             .timeline
             .take_claim(key, holder, lease)
             .await?
             .is_none();
-        if !taken {
+        if taken {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.len() >= HELD_SWEEP_AT {
+                let now = Instant::now();
+                held.retain(|_, until| *until > now);
+            }
+            // From before the call: never believed held past the claim's own expiry.
+            held.insert(key.to_owned(), started + lease);
+        } else {
             skipped("coalesced", 1);
         }
         Ok(taken)
+    }
+
+    /// Whether this node holds the window `key` now.
+    fn holds(&self, key: &str) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).is_some_and(|until| *until > Instant::now())
     }
 
     /// A small chat's window for one recipient: notify now, then sum up at its end.
@@ -221,7 +261,7 @@ impl Rules {
         online: HashSet<String>,
         message: &MessageRow,
     ) -> TimelineResult<()> {
-        let key = format!("notify:{user}:{}", message.conversation_id);
+        let key = window_key(&user, &message.conversation_id);
         if !self.take_window(&key, self.options.interval).await? {
             return Ok(());
         }
@@ -246,7 +286,7 @@ impl Rules {
         conversation_id: String,
         mut notified: u64,
     ) -> TimelineResult<()> {
-        let key = format!("notify:{user}:{conversation_id}");
+        let key = window_key(&user, &conversation_id);
         loop {
             tokio::time::sleep(self.options.interval).await;
             let Some(newest) = self.timeline.newest_message(&conversation_id).await? else {
