@@ -139,7 +139,23 @@ impl DeliveryListener for Notifier {
     fn memberships_changed(&self, _conversation_id: &str, _users: &[String]) {}
 }
 
-/// The claim of a small chat's window for one recipient.
+/// A coalescing window of a conversation: one recipient's in a small chat, or a hot
+/// conversation's for all its members.
+enum Window {
+    Recipient(String),
+    Hot,
+}
+
+impl Window {
+    /// The Cache claim that makes one node its holder.
+    fn key(&self, conversation_id: &str) -> String {
+        match self {
+            Self::Recipient(user) => window_key(user, conversation_id),
+            Self::Hot => format!("notify:hot:{conversation_id}"),
+        }
+    }
+}
+
 fn window_key(user: &str, conversation_id: &str) -> String {
     format!("notify:{user}:{conversation_id}")
 }
@@ -158,7 +174,7 @@ impl Rules {
             let rules = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = rules.handle(event).await {
-                    ::metrics::counter!(metrics::NOTIFY_SKIPPED, "reason" => "error").increment(1);
+                    skipped("error", 1);
                     tracing::debug!(error = %e, "a delivery could not be notified");
                 }
                 drop(permit);
@@ -262,96 +278,89 @@ impl Rules {
         message: &MessageRow,
     ) -> TimelineResult<()> {
         let key = window_key(&user, &message.conversation_id);
-        if !self.take_window(&key, self.options.interval).await? {
+        if !self.take_window(&key, self.options.interval).await?
+            || !self.notify(&user, &online, message, 1).await?
+        {
             return Ok(());
         }
-        if !self.notify(&user, &online, message, 1).await? {
+        self.spawn_sum_up(Window::Recipient(user), message);
+        Ok(())
+    }
+
+    /// A hot conversation's window: its holder notifies every offline member once, then sums
+    /// up at its end.
+    async fn open_hot_window(self: Arc<Self>, message: MessageRow) -> TimelineResult<()> {
+        if !self.take(&Window::Hot, &message.conversation_id).await? {
             return Ok(());
         }
-        let conversation_id = message.conversation_id.clone();
-        let notified = message.conv_seq;
+        self.notify_members(&message, 1).await?;
+        self.spawn_sum_up(Window::Hot, &message);
+        Ok(())
+    }
+
+    async fn take(&self, window: &Window, conversation_id: &str) -> TimelineResult<bool> {
+        self.take_window(&window.key(conversation_id), self.interval(window))
+            .await
+    }
+
+    fn interval(&self, window: &Window) -> std::time::Duration {
+        match window {
+            Window::Recipient(_) => self.options.interval,
+            Window::Hot => self.options.hot_interval,
+        }
+    }
+
+    fn spawn_sum_up(self: Arc<Self>, window: Window, notified: &MessageRow) {
+        let conversation_id = notified.conversation_id.clone();
+        let seq = notified.conv_seq;
         tokio::spawn(async move {
-            if let Err(e) = self.sum_up(user, conversation_id, notified).await {
+            if let Err(e) = self.sum_up(window, conversation_id, seq).await {
                 tracing::debug!(error = %e, "a window could not be summed up");
             }
         });
-        Ok(())
     }
 
     /// At the end of each window: if messages came since `notified`, take the next window and
     /// notify once with the newest of them.
     async fn sum_up(
         self: Arc<Self>,
-        user: String,
+        window: Window,
         conversation_id: String,
         mut notified: u64,
     ) -> TimelineResult<()> {
-        let key = window_key(&user, &conversation_id);
         loop {
-            tokio::time::sleep(self.options.interval).await;
+            tokio::time::sleep(self.interval(&window)).await;
             let Some(newest) = self.timeline.newest_message(&conversation_id).await? else {
                 return Ok(());
             };
-            // Nothing new, or the recipient wrote last (it is using the app).
-            if newest.conv_seq <= notified || newest.sender_id == user {
+            if newest.conv_seq <= notified {
                 return Ok(());
             }
-            if !self.take_window(&key, self.options.interval).await? {
-                return Ok(());
-            }
-            let online = self
-                .online_devices(std::slice::from_ref(&user))
-                .await?
-                .pop()
-                .unwrap_or_default();
-            if !self
-                .notify(&user, &online, &newest, newest.conv_seq - notified)
-                .await?
+            // The recipient wrote last: it is using the app.
+            if let Window::Recipient(user) = &window
+                && newest.sender_id == *user
             {
                 return Ok(());
             }
+            if !self.take(&window, &conversation_id).await? {
+                return Ok(());
+            }
+            let new_messages = newest.conv_seq - notified;
+            match &window {
+                Window::Recipient(user) => {
+                    let online = self
+                        .online_devices(std::slice::from_ref(user))
+                        .await?
+                        .pop()
+                        .unwrap_or_default();
+                    if !self.notify(user, &online, &newest, new_messages).await? {
+                        return Ok(());
+                    }
+                }
+                Window::Hot => self.notify_members(&newest, new_messages).await?,
+            }
             notified = newest.conv_seq;
         }
-    }
-
-    /// A hot conversation's window: its holder notifies every offline member once, then sums
-    /// up at its end.
-    async fn open_hot_window(self: Arc<Self>, message: MessageRow) -> TimelineResult<()> {
-        let key = format!("notify:hot:{}", message.conversation_id);
-        if !self.take_window(&key, self.options.hot_interval).await? {
-            return Ok(());
-        }
-        self.notify_members(&message, 1).await?;
-        tokio::spawn(async move {
-            let mut notified = message.conv_seq;
-            loop {
-                tokio::time::sleep(self.options.hot_interval).await;
-                let newest = match self.timeline.newest_message(&message.conversation_id).await {
-                    Ok(Some(m)) if m.conv_seq > notified => m,
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a hot window could not be summed up");
-                        return;
-                    }
-                };
-                match self.take_window(&key, self.options.hot_interval).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a hot window could not be summed up");
-                        return;
-                    }
-                }
-                if let Err(e) = self
-                    .notify_members(&newest, newest.conv_seq - notified)
-                    .await
-                {
-                    tracing::debug!(error = %e, "a hot window could not be summed up");
-                }
-                notified = newest.conv_seq;
-            }
-        });
-        Ok(())
     }
 
     /// Notifies every member of the message's conversation but its sender, page by page.

@@ -92,12 +92,12 @@ enum Attempt {
 }
 
 pub(super) struct Sender {
-    pub webhook: Arc<Webhook>,
-    pub timeline: Arc<Timeline>,
-    pub options: NotifyOptions,
-    pub url: http::Uri,
-    pub secret: Vec<u8>,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    webhook: Arc<Webhook>,
+    timeline: Arc<Timeline>,
+    options: NotifyOptions,
+    url: http::Uri,
+    secret: Vec<u8>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Sender {
