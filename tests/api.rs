@@ -928,8 +928,14 @@ async fn rows_past_the_retention_time_are_invisible_and_old_cursors_expire() {
         .into_inner();
     assert!(page.cursor_expired);
     let fresh = sync_all(&mut bob, &mut String::new(), &[10]).await;
+    // Only the messages: with a 100 ms gap_grace, a write slower than 50 ms on a loaded box is
+    // rewritten under a fresh seq and its first seq becomes a hole (seen in CI).
     assert_eq!(
-        fresh.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        fresh
+            .iter()
+            .filter(|m| m.kind != MessageKind::Hole as i32)
+            .map(|m| m.body.clone())
+            .collect::<Vec<_>>(),
         [b"new".to_vec()]
     );
 }
