@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ::timeline::proto::*;
-use support::{TestServer, client_with_header, create_group, send_text, sync_all};
+use support::{Client, TestServer, client_with_header, create_group, send_text, sync_all};
 use tonic::Code;
 
 /// Each message once, and per conversation the conv_seqs 1..=n in order.
@@ -507,7 +507,7 @@ async fn removed_members_stop_receiving_and_lose_access() {
         })
         .await
         .unwrap_err();
-    assert_eq!(history.code(), Code::PermissionDenied);
+    assert_eq!(history.code(), Code::NotFound);
     let send_err = carol
         .send_message(SendMessageRequest {
             conversation_id: "g:r".into(),
@@ -515,7 +515,7 @@ async fn removed_members_stop_receiving_and_lose_access() {
         })
         .await
         .unwrap_err();
-    assert_eq!(send_err.code(), Code::PermissionDenied);
+    assert_eq!(send_err.code(), Code::NotFound);
     let list = carol
         .list_conversations(ListConversationsRequest::default())
         .await
@@ -609,7 +609,7 @@ async fn non_members_and_unknown_conversations_are_refused() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "send {conv}");
+        assert_eq!(e.code(), Code::NotFound, "send {conv}");
         let e = eve
             .get_history(GetHistoryRequest {
                 conversation_id: conv.into(),
@@ -617,14 +617,14 @@ async fn non_members_and_unknown_conversations_are_refused() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "history {conv}");
+        assert_eq!(e.code(), Code::NotFound, "history {conv}");
         let e = eve
             .get_conversation(GetConversationRequest {
                 conversation_id: conv.into(),
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "get {conv}");
+        assert_eq!(e.code(), Code::NotFound, "get {conv}");
         let e = eve
             .mark_read(MarkReadRequest {
                 conversation_id: conv.into(),
@@ -632,7 +632,7 @@ async fn non_members_and_unknown_conversations_are_refused() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "mark {conv}");
+        assert_eq!(e.code(), Code::NotFound, "mark {conv}");
     }
     let e = eve
         .add_members(AddMembersRequest {
@@ -641,7 +641,7 @@ async fn non_members_and_unknown_conversations_are_refused() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = eve
         .get_history(GetHistoryRequest {
             conversation_id: "g:nope".into(),
@@ -658,6 +658,62 @@ async fn non_members_and_unknown_conversations_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+
+    // The existence probe: a group eve is not in answers exactly like one that does not exist,
+    // for every RPC that names a conversation (the id aside, the same code and message).
+    async fn answers(eve: &mut Client, conv: &str) -> Vec<(Code, String)> {
+        let id = || conv.to_owned();
+        let results = [
+            eve.send_message(SendMessageRequest {
+                conversation_id: id(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+            eve.get_history(GetHistoryRequest {
+                conversation_id: id(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+            eve.get_conversation(GetConversationRequest {
+                conversation_id: id(),
+            })
+            .await
+            .map(drop),
+            eve.mark_read(MarkReadRequest {
+                conversation_id: id(),
+                seq: 1,
+            })
+            .await
+            .map(drop),
+            eve.add_members(AddMembersRequest {
+                conversation_id: id(),
+                user_ids: vec!["eve".into()],
+            })
+            .await
+            .map(drop),
+            eve.remove_members(RemoveMembersRequest {
+                conversation_id: id(),
+                user_ids: vec!["eve".into()],
+            })
+            .await
+            .map(drop),
+        ];
+        results
+            .into_iter()
+            .map(|r| {
+                let e = r.unwrap_err();
+                (e.code(), e.message().replace(conv, "<id>"))
+            })
+            .collect()
+    }
+    let foreign = answers(&mut eve, "g:private").await;
+    assert!(
+        foreign.iter().all(|(code, _)| *code == Code::NotFound),
+        "{foreign:?}"
+    );
+    assert_eq!(foreign, answers(&mut eve, "g:nope").await);
     assert!(
         sync_all(&mut eve, &mut String::new(), &[10])
             .await

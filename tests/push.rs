@@ -359,7 +359,7 @@ async fn typing_reaches_the_other_members_streams_once_a_second() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.code(), tonic::Code::NotFound);
 }
 
 async fn typing_event(stream: &mut Stream) -> Option<Typing> {

@@ -431,7 +431,7 @@ impl Rules {
         {
             Ok(view) => view,
             // Left since: not told.
-            Err(TimelineError::PermissionDenied(_) | TimelineError::NotFound(_)) => {
+            Err(TimelineError::NotFound(_)) => {
                 skipped("not_a_member", 1);
                 return Ok(false);
             }

@@ -275,23 +275,22 @@ impl Timeline {
             .map(|(c, _)| c)
     }
 
-    /// The conversation and the user's membership: NOT_FOUND for an unknown conversation,
-    /// PERMISSION_DENIED for one the user does not belong to.
+    /// The conversation and the user's membership: the same NOT_FOUND for an unknown
+    /// conversation and for one the user does not belong to. The membership is read first, so
+    /// a non-member's answer costs the same read either way.
     pub(crate) async fn require_member(
         &self,
         user_id: &str,
         conversation_id: &str,
     ) -> TimelineResult<(ConversationRow, MemberRow)> {
-        let conversation = self
-            .store
-            .get_conversation(conversation_id)
-            .await?
-            .ok_or_else(|| {
-                TimelineError::NotFound(format!("conversation {conversation_id} does not exist"))
-            })?;
         let member = self
             .store
             .get_member(conversation_id, user_id)
+            .await?
+            .ok_or_else(|| not_a_member(conversation_id))?;
+        let conversation = self
+            .store
+            .get_conversation(conversation_id)
             .await?
             .ok_or_else(|| not_a_member(conversation_id))?;
         Ok((conversation, member))

@@ -31,6 +31,10 @@ pub(crate) fn invalid(msg: impl Into<String>) -> TimelineError {
     TimelineError::InvalidArgument(msg.into())
 }
 
+/// What a caller who is not a member learns of a conversation: exactly what they learn of one
+/// that does not exist (same code, same message), so ids cannot be probed for existence.
 pub(crate) fn not_a_member(conversation_id: &str) -> TimelineError {
-    TimelineError::PermissionDenied(format!("you are not a member of {conversation_id}"))
+    TimelineError::NotFound(format!(
+        "conversation {conversation_id} does not exist or you are not a member"
+    ))
 }
