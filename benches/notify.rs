@@ -80,6 +80,7 @@ async fn start_node(webhook: Option<&str>) -> Running {
         data_dir: dir.path().join("data"),
         jwt_secret: Some(SECRET.into()),
         log: "warn".into(),
+        protect: ::timeline::protect::ProtectOptions::unlimited(),
         ..Config::default()
     };
     if let Some(url) = webhook {

@@ -5,7 +5,8 @@
 #
 # Usage: loadtest/run.sh SCENARIO      (dm_chat | small_groups | hot_group | sync_readers | push | mixed)
 # Environment: DURATION (default 30s), VUS, LOADTEST_BIN (default: a release build),
-#              BASELINE=0 to skip the Ping baseline, TIMELINE_* for the service's configuration.
+#              BASELINE=0 to skip the Ping baseline, PROTECT=1 to keep the rate limits and
+#              the in-flight bound on (off otherwise), TIMELINE_* for the service's configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?usage: loadtest/run.sh dm_chat|small_groups|hot_group|sync_readers|push|mixed}
@@ -34,6 +35,14 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 addr="127.0.0.1:$port"
 TIMELINE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(36))')
 export TIMELINE_JWT_SECRET
+# Sizing runs measure capacity with a few users calling flat out: the rate limits and the
+# in-flight bound are off unless PROTECT=1 (the flood scenario measures them).
+if [ "${PROTECT:-0}" != 1 ]; then
+  for key in USER_SENDS_PER_SEC USER_WRITES_PER_SEC USER_READS_PER_SEC \
+             SOURCE_AUTH_FAILURES_PER_SEC MAX_IN_FLIGHT; do
+    export "TIMELINE_PROTECT__$key=0"
+  done
+fi
 "$LOADTEST_BIN" serve --listen "$addr" --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do

@@ -2,7 +2,8 @@
 //! command-line flags. Top-level keys say what the node is (`listen`, `data_dir`, `store`,
 //! `cache`, `node_id`, ...); each part has a section parsed into its own typed options:
 //! `[limits]` ([`Limits`]), `[embedded]`, `[redis]` ([`RedisOptions`]), `[scylla]`
-//! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]) and `[notify]` ([`NotifyOptions`]). Unknown keys are rejected with an error naming them.
+//! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]), `[notify]` ([`NotifyOptions`]) and `[protect]`
+//! ([`ProtectOptions`]). Unknown keys are rejected with an error naming them.
 //!
 //! Environment variables: `TIMELINE_<KEY>` for a top-level key and `TIMELINE_<SECTION>__<KEY>`
 //! for a key of a section (`TIMELINE_SCYLLA__NODES`, `TIMELINE_LIMITS__GAP_GRACE`). The flat
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::redis::RedisOptions;
 use crate::notify::NotifyOptions;
+use crate::protect::ProtectOptions;
 use crate::push::PushOptions;
 use crate::store::embedded::{Durability, EmbeddedOptions};
 use crate::store::scylla::ScyllaOptions;
@@ -97,6 +99,8 @@ pub struct Config {
     pub push: PushOptions,
     #[serde(default)]
     pub notify: NotifyOptions,
+    #[serde(default)]
+    pub protect: ProtectOptions,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             scylla: ScyllaOptions::default(),
             push: PushOptions::default(),
             notify: NotifyOptions::default(),
+            protect: ProtectOptions::default(),
         }
     }
 }
@@ -191,6 +196,7 @@ impl Config {
         self.redis.validate().map_err(invalid)?;
         self.push.validate().map_err(invalid)?;
         self.notify.validate().map_err(invalid)?;
+        self.protect.validate().map_err(invalid)?;
         if self.store == StoreKind::Scylla {
             self.scylla.validate().map_err(invalid)?;
         }

@@ -29,6 +29,7 @@ mod method_list;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod protect;
 pub mod proto;
 pub mod push;
 pub mod server;

@@ -44,6 +44,9 @@ pub const NOTIFY_NOTIFICATIONS: &str = "timeline_notify_notifications_total";
 pub const NOTIFY_SKIPPED: &str = "timeline_notify_skipped_total";
 pub const NOTIFY_WEBHOOK_DURATION: &str = "timeline_notify_webhook_duration_seconds";
 pub const NOTIFY_QUEUE_DEPTH: &str = "timeline_notify_queue_depth";
+pub const LIMITED_REQUESTS: &str = "timeline_limited_requests_total";
+pub const IN_FLIGHT: &str = "timeline_in_flight_requests";
+pub const IN_FLIGHT_LIMIT: &str = "timeline_in_flight_limit";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -224,6 +227,15 @@ fn describe() {
         NOTIFY_QUEUE_DEPTH,
         "Offline notifications waiting for the webhook on this node."
     );
+    describe_counter!(
+        LIMITED_REQUESTS,
+        "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; source: failed authentications of an address; overload: shed by the in-flight bound)."
+    );
+    describe_gauge!(IN_FLIGHT, "Requests this node is serving now.");
+    describe_gauge!(
+        IN_FLIGHT_LIMIT,
+        "Requests this node serves at once before shedding (0: unbounded)."
+    );
 }
 
 /// Counters of rare events exist from the start at 0 (for every label value the code uses),
@@ -292,6 +304,11 @@ fn register_known_series() {
         ),
         (MODE_SWITCHES, "to", &["hot", "fanout"]),
     ];
+    for class in ["send", "write", "read"] {
+        for scope in ["user", "source", "overload"] {
+            counter!(LIMITED_REQUESTS, "class" => class, "scope" => scope).increment(0);
+        }
+    }
     for (name, label, values) in labelled {
         for value in values {
             if name == MODE_SWITCHES {

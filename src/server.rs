@@ -15,6 +15,7 @@ use crate::cache::{Cache, CacheError};
 use crate::config::{CacheKind, Config, ConfigError, StoreKind};
 use crate::metrics;
 use crate::notify::Notifier;
+use crate::protect::Protection;
 use crate::push::Hub;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::metered::MeteredStore;
@@ -42,6 +43,7 @@ pub struct Node {
     pub push: Arc<Hub>,
     /// Offline notifications, when a webhook is configured.
     pub notify: Option<Arc<Notifier>>,
+    pub protect: Arc<Protection>,
     pub metrics: PrometheusHandle,
 }
 
@@ -108,6 +110,7 @@ impl Node {
             auth: Arc::new(Authenticator::new(secret)),
             push,
             notify,
+            protect: Protection::new(config.protect.clone()),
             metrics,
         })
     }
@@ -125,9 +128,12 @@ impl Node {
         let upkeep = metrics::spawn_upkeep(self.metrics.clone());
         let served = api::serve(
             listener,
-            self.timeline.clone(),
-            self.auth.clone(),
-            self.push.clone(),
+            api::TimelineApi {
+                timeline: self.timeline.clone(),
+                auth: self.auth.clone(),
+                push: self.push.clone(),
+                protect: self.protect.clone(),
+            },
             self.metrics.clone(),
             config.grpc_reflection,
             shutdown,

@@ -2,6 +2,7 @@
 //! The HTTP POST surface calls these same methods, so each RPC exists once.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use super::status::code_name;
 use super::{convert, stream};
 use crate::metrics::record_request;
 use crate::model::{ConversationKind, DeliveryMode};
+use crate::protect::{Protection, RequestClass};
 use crate::proto::{self, timeline_service_server::TimelineService};
 use crate::push::{Hub, TypingOutcome};
 use crate::timeline::{
@@ -26,25 +28,71 @@ pub struct TimelineApi {
     pub timeline: Arc<Timeline>,
     pub auth: Arc<Authenticator>,
     pub push: Arc<Hub>,
+    pub protect: Arc<Protection>,
+}
+
+/// A caller the HTTP surface authenticated before decoding the body: the gRPC methods it then
+/// calls take it from the request's extensions (which a client cannot set) instead of
+/// verifying the token again.
+#[derive(Clone)]
+pub(super) struct Authenticated {
+    pub caller: Caller,
+    pub expires_at_s: u64,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 
+/// The client's address, when the connection was accepted with it (always, by `api::serve`).
+pub(super) fn source_of(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 impl TimelineApi {
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.caller_and_expiry(request).map(|(caller, _)| caller)
+    /// The caller named by an `authorization` header value. A failure is charged to the
+    /// source address, and answered RESOURCE_EXHAUSTED once the address is over its quota.
+    pub(super) fn authenticate(
+        &self,
+        header: Option<&str>,
+        source: Option<IpAddr>,
+        class: RequestClass,
+    ) -> Result<(Caller, u64), Status> {
+        self.auth
+            .verify_header(header)
+            .map_err(|status| self.failed_authentication(status, source, class))
     }
 
-    fn caller_and_expiry<T>(&self, request: &Request<T>) -> Result<(Caller, u64), Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| {
-                v.to_str()
-                    .map_err(|_| Status::unauthenticated("authorization is not ASCII"))
-            })
-            .transpose()?;
-        self.auth.verify_header(header)
+    fn failed_authentication(
+        &self,
+        status: Status,
+        source: Option<IpAddr>,
+        class: RequestClass,
+    ) -> Status {
+        match self.protect.auth_failed(class, source) {
+            Ok(()) => status,
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn caller_and_expiry<T>(
+        &self,
+        request: &Request<T>,
+        class: RequestClass,
+    ) -> Result<(Caller, u64), Status> {
+        if let Some(done) = request.extensions().get::<Authenticated>() {
+            return Ok((done.caller.clone(), done.expires_at_s));
+        }
+        let source = source_of(request.extensions());
+        match request.metadata().get("authorization").map(|v| v.to_str()) {
+            Some(Err(_)) => Err(self.failed_authentication(
+                Status::unauthenticated("authorization is not ASCII"),
+                source,
+                class,
+            )),
+            Some(Ok(header)) => self.authenticate(Some(header), source, class),
+            None => self.authenticate(None, source, class),
+        }
     }
 
     /// Authenticates, reads the opening frame, opens the stream, and forwards the client's
@@ -53,7 +101,7 @@ impl TimelineApi {
         &self,
         request: Request<Streaming<proto::ClientFrame>>,
     ) -> Result<EventStream, Status> {
-        let (caller, expires_at_s) = self.caller_and_expiry(&request)?;
+        let (caller, expires_at_s) = self.caller_and_expiry(&request, RequestClass::Read)?;
         let mut frames = request.into_inner();
         let first = frames.message().await?;
         let open = stream::open_request(
@@ -84,7 +132,9 @@ impl TimelineApi {
         Ok(Box::pin(events))
     }
 
-    /// Authenticates, runs `body`, and records the RPC's latency and status code.
+    /// Admits the request among those in flight, authenticates, charges the caller's rate,
+    /// runs `body`, and records the RPC's latency and status code. A refused request never
+    /// reaches the pipeline.
     async fn handle<Req, Resp, F, Fut>(
         &self,
         rpc: &'static str,
@@ -96,10 +146,14 @@ impl TimelineApi {
         Fut: Future<Output = Result<Resp, Status>>,
     {
         let started = Instant::now();
-        let result = match self.caller(&request) {
-            Ok(caller) => body(caller, request.into_inner()).await,
-            Err(status) => Err(status),
-        };
+        let class = RequestClass::of_rpc(rpc);
+        let result = async {
+            let _in_flight = self.protect.admit(class)?;
+            let (caller, _) = self.caller_and_expiry(&request, class)?;
+            self.protect.check_user(class, &caller.user_id)?;
+            body(caller, request.into_inner()).await
+        }
+        .await;
         let code = match &result {
             Ok(_) => "OK",
             Err(status) => code_name(status.code()),

@@ -3,10 +3,12 @@
 //! the request's format; plus `/healthz`, `/readyz` and `/metrics`.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,8 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Status;
 
-use super::grpc::TimelineApi;
-use super::status::{code_name, http_status};
+use super::grpc::{Authenticated, TimelineApi};
+use super::status::{RETRY_AFTER, code_name, http_status};
+use crate::metrics::record_request;
+use crate::protect::RequestClass;
 use crate::proto::timeline_service_server::TimelineService;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -74,12 +78,20 @@ fn error_response(status: &Status) -> Response {
     response
         .headers_mut()
         .insert("grpc-status", HeaderValue::from(status.code() as i32));
+    if let Some(retry_after) = status.metadata().get(RETRY_AFTER)
+        && let Ok(value) = HeaderValue::from_bytes(retry_after.as_bytes())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 
-/// Decodes the body, runs the RPC through the gRPC implementation, encodes the answer.
+/// Authenticates (before anything is decoded), decodes the body, runs the RPC through the
+/// gRPC implementation, encodes the answer.
 async fn unary<Req, Resp, F, Fut>(
     api: TimelineApi,
+    rpc: &'static str,
+    source: SocketAddr,
     headers: HeaderMap,
     body: Bytes,
     call: F,
@@ -90,6 +102,23 @@ where
     F: FnOnce(TimelineApi, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
+    let started = Instant::now();
+    let header = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        Some(Ok(value)) => Some(value),
+        // Not ASCII: no token at all, as far as authentication goes.
+        Some(Err(_)) | None => None,
+    };
+    let authenticated = match api.authenticate(header, Some(source.ip()), RequestClass::of_rpc(rpc))
+    {
+        Ok((caller, expires_at_s)) => Authenticated {
+            caller,
+            expires_at_s,
+        },
+        Err(status) => {
+            record_request(rpc, code_name(status.code()), started.elapsed());
+            return error_response(&status);
+        }
+    };
     let format = match request_format(&headers) {
         Ok(f) => f,
         Err(response) => return *response,
@@ -104,13 +133,7 @@ where
         Err(e) => return error_response(&Status::invalid_argument(format!("request body: {e}"))),
     };
     let mut request = tonic::Request::new(message);
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Ok(value) = value.parse()
-    {
-        request.metadata_mut().insert("authorization", value);
-    }
+    request.extensions_mut().insert(authenticated);
     match call(api, request).await {
         Ok(response) => {
             let response = response.into_inner();
@@ -133,8 +156,9 @@ macro_rules! rpc_routes {
     ($router:expr, $( $path:literal => $method:ident ),* $(,)?) => {
         $router
         $(
-            .route($path, post(|State(api): State<TimelineApi>, headers: HeaderMap, body: Bytes| async move {
-                unary(api, headers, body, |api, request| async move {
+            .route($path, post(|State(api): State<TimelineApi>, ConnectInfo(source): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| async move {
+                let rpc = $path.strip_prefix("/v1/").unwrap_or($path);
+                unary(api, rpc, source, headers, body, |api, request| async move {
                     TimelineService::$method(&api, request).await
                 })
                 .await

@@ -12,7 +12,7 @@ mod stream;
 mod websocket;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,26 +23,20 @@ pub use grpc::TimelineApi;
 pub use secret::{SECRET_FILE, SecretError, resolve_jwt_secret};
 
 use crate::proto::timeline_service_server::TimelineServiceServer;
-use crate::push::Hub;
-use crate::timeline::Timeline;
 
 /// Serves gRPC and HTTP on `listener` until `shutdown` completes; with `reflection`, gRPC
 /// server reflection too (the health service always).
 pub async fn serve(
     listener: TcpListener,
-    timeline: Arc<Timeline>,
-    auth: Arc<Authenticator>,
-    push: Arc<Hub>,
+    api: TimelineApi,
     metrics: PrometheusHandle,
     reflection: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let timeline = api.timeline.clone();
+    let push = api.push.clone();
     let max_body = timeline.limits().max_body_bytes;
-    let api = TimelineApi {
-        timeline: timeline.clone(),
-        auth,
-        push: push.clone(),
-    };
+    let upkeep = api.protect.spawn_upkeep();
     let grpc = TimelineServiceServer::new(api.clone())
         .max_decoding_message_size(max_body + 64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -61,6 +55,8 @@ pub async fn serve(
     // nor tonic waits for them, and an open stream would hold the graceful shutdown forever.
     let grace = push.options().shutdown_grace;
     let (begun, shutting_down) = tokio::sync::oneshot::channel::<()>();
+    // Each request learns its client's address: failed authentications are limited by it.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = begun.send(());
@@ -84,5 +80,6 @@ pub async fn serve(
         }
     };
     health.abort();
+    upkeep.abort();
     served
 }

@@ -3,8 +3,37 @@
 use tonic::{Code, Status};
 
 use crate::cache::CacheError;
+use crate::protect::Refusal;
 use crate::store::StoreError;
 use crate::timeline::TimelineError;
+
+/// Metadata naming the delay after which a refused request may be retried, in whole seconds
+/// rounded up (as HTTP's `Retry-After`); the exact delay is in the status details
+/// (`google.rpc.RetryInfo`).
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// A refusal: RESOURCE_EXHAUSTED with when to retry, as `google.rpc.RetryInfo` and as
+/// `retry-after` metadata.
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let retry_after = refusal.retry_after();
+        let mut status = Status::with_error_details(
+            Code::ResourceExhausted,
+            refusal.to_string(),
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        );
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER, retry_after_seconds(retry_after).into());
+        status
+    }
+}
+
+/// Whole seconds, rounded up, at least 1: what `Retry-After` can say.
+pub fn retry_after_seconds(delay: std::time::Duration) -> u64 {
+    delay.as_millis().div_ceil(1000).max(1) as u64
+}
 
 impl From<TimelineError> for Status {
     fn from(e: TimelineError) -> Self {

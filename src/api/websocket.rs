@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, header};
@@ -52,6 +52,7 @@ pub struct StreamParams {
 
 pub async fn upgrade(
     State(api): State<TimelineApi>,
+    ConnectInfo(source): ConnectInfo<std::net::SocketAddr>,
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -78,7 +79,11 @@ pub async fn upgrade(
                 .map(|t| format!("Bearer {t}"))
         })
         .or_else(|| params.access_token.map(|t| format!("Bearer {t}")));
-    let authenticated = api.auth.verify_header(token.as_deref());
+    let authenticated = api.authenticate(
+        token.as_deref(),
+        Some(source.ip()),
+        crate::protect::RequestClass::Read,
+    );
     let bad_format = match params.format.as_deref() {
         None | Some("json" | "proto") => None,
         Some(other) => Some(Status::invalid_argument(format!(

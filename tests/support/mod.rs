@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::timeline::api::Authenticator;
 use ::timeline::config::{CacheKind, Config};
+use ::timeline::protect::{ProtectOptions, Protection};
 use ::timeline::proto::timeline_service_client::TimelineServiceClient;
 use ::timeline::proto::*;
 use ::timeline::server::Node;
@@ -43,6 +44,7 @@ pub type Client = TimelineServiceClient<InterceptedService<Channel, Bearer>>;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub auth: Arc<Authenticator>,
+    pub protect: Arc<Protection>,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -89,6 +91,7 @@ impl TestServer {
         };
         config.redis.url = redis_url.to_owned();
         config.limits.recovery_interval = Duration::from_millis(200);
+        config.protect = ProtectOptions::unlimited();
         adjust(&mut config);
         let node = Node::build_on_store(&config, store).await.expect("node");
         Self::serve(node, config, None, dir).await
@@ -103,6 +106,9 @@ impl TestServer {
             ..Config::default()
         };
         config.limits.recovery_interval = Duration::from_millis(200);
+        // The suites send and read as fast as they can as a few users: a script, which the
+        // default rate limits would throttle. The protections' own tests set them.
+        config.protect = ProtectOptions::unlimited();
         let redis = redis.then(|| RedisProcess::start().unwrap_or_else(|e| panic!("{e}")));
         if let Some(r) = &redis {
             config.cache = CacheKind::Redis;
@@ -115,6 +121,7 @@ impl TestServer {
 
     async fn serve(node: Node, config: Config, redis: Option<RedisProcess>, dir: TempDir) -> Self {
         let auth = node.auth.clone();
+        let protect = node.protect.clone();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");
@@ -131,6 +138,7 @@ impl TestServer {
         Self {
             addr,
             auth,
+            protect,
             config,
             shutdown: Some(tx),
             task: Some(task),

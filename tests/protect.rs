@@ -1,0 +1,338 @@
+//! The protections at the edge, end to end: per-user rate limits with their retry delay on
+//! gRPC and HTTP, failed authentications limited per source address, authentication before a
+//! POST body is decoded, and shedding of reads before sends when the node is full.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ::timeline::protect::ProtectOptions;
+use ::timeline::proto::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use support::{Client, TestServer, client_with_header, create_group, http_client, send_text};
+
+fn protected(
+    adjust: impl FnOnce(&mut ProtectOptions),
+) -> impl FnOnce(&mut ::timeline::config::Config) {
+    move |config| {
+        let mut protect = ProtectOptions::default();
+        adjust(&mut protect);
+        config.protect = protect;
+    }
+}
+
+fn send_request(conversation_id: &str, client_msg_id: String) -> SendMessageRequest {
+    SendMessageRequest {
+        conversation_id: conversation_id.into(),
+        client_msg_id,
+        body: b"flood".to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn message_count(client: &mut Client, conversation_id: &str) -> usize {
+    support::history_all(client, conversation_id, 100)
+        .await
+        .len()
+}
+
+/// The retry delay a refusal carries, as `google.rpc.RetryInfo` and as `retry-after` metadata;
+/// the two agree.
+fn retry_delay(status: &tonic::Status) -> Duration {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo in {status:?}"));
+    let seconds: u64 = status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry-after in {status:?}"));
+    assert_eq!(seconds, delay.as_millis().div_ceil(1000).max(1) as u64);
+    delay
+}
+
+#[tokio::test]
+async fn a_senders_burst_is_held_to_its_quota_and_refills() {
+    let server = TestServer::start_with(protected(|p| {
+        p.user_sends_per_sec = 2;
+        p.user_send_burst = 5;
+    }))
+    .await;
+    let mut alice = server.client("alice", "a").await;
+    let mut bob = server.client("bob", "b").await;
+    create_group(&mut alice, "flood", &["bob"]).await;
+
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for i in 0..30 {
+        match alice
+            .send_message(send_request("g:flood", format!("f{i}")))
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(status) => refused.push(status),
+        }
+    }
+    // The burst, plus what refilled at 2/s while the calls ran.
+    let refill = (started.elapsed().as_secs_f64() * 2.0).floor() as usize;
+    assert!(
+        (5..=5 + refill + 1).contains(&accepted),
+        "{accepted} accepted in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(accepted + refused.len(), 30);
+    for status in &refused {
+        let delay = retry_delay(status);
+        assert!(delay <= Duration::from_millis(500), "{delay:?} at 2/s");
+        assert!(status.message().contains("send"), "{status:?}");
+    }
+    // A refused send wrote nothing: the conversation holds exactly the accepted ones.
+    assert_eq!(message_count(&mut bob, "g:flood").await, accepted);
+
+    // Another user, and the sender's reads, have their own quotas.
+    send_text(&mut bob, "g:flood", "b1", "mine").await;
+    assert_eq!(message_count(&mut alice, "g:flood").await, accepted + 1);
+
+    // After the delay it said, the sender may send again.
+    let delay = retry_delay(
+        &alice
+            .send_message(send_request("g:flood", "again".into()))
+            .await
+            .unwrap_err(),
+    );
+    tokio::time::sleep(delay).await;
+    alice
+        .send_message(send_request("g:flood", "again".into()))
+        .await
+        .expect("refilled");
+}
+
+/// One POST; the status, the `retry-after` header and the body.
+async fn post(
+    server: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt;
+    let mut request = ::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", server.addr))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))
+        .unwrap();
+    let response = http_client().request(request).await.expect("POST");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_post_surface_authenticates_first_and_answers_429_with_retry_after() {
+    let server = TestServer::start_with(protected(|p| {
+        p.user_reads_per_sec = 1;
+        p.user_read_burst = 2;
+    }))
+    .await;
+    let token = server.token("alice", "a");
+
+    // A garbage body: without a token it is refused for the token, not for the body.
+    let garbage = b"{\"conversation_id\": [1, 2";
+    let (status, _, body) = post(&server, "/v1/GetHistory", None, garbage).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("UNAUTHENTICATED"), "{body}");
+    let (status, _, body) = post(&server, "/v1/GetHistory", Some("x.y.z"), garbage).await;
+    assert_eq!(status, 401, "{body}");
+    // With a valid token, the body is the problem (and the read is charged).
+    let (status, _, body) = post(&server, "/v1/GetHistory", Some(&token), garbage).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Reads: a burst of 2, then 429 with Retry-After in whole seconds.
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(post(&server, "/v1/ListConversations", Some(&token), b"{}").await);
+    }
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(
+        !refused.is_empty() && answers.iter().all(|(s, _, _)| *s == 200 || *s == 429),
+        "{answers:?}"
+    );
+    for (_, retry_after, body) in refused {
+        assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+        assert!(body.contains("RESOURCE_EXHAUSTED"), "{body}");
+    }
+    // Sends are another class: not refused.
+    let (status, _, body) = post(
+        &server,
+        "/v1/SendMessage",
+        Some(&token),
+        br#"{"conversation_id": "d:alice:bob", "body": "aGk="}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_address_and_valid_tokens_are_not() {
+    let server = TestServer::start_with(protected(|p| {
+        p.source_auth_failures_per_sec = 1;
+        p.source_auth_failure_burst = 3;
+    }))
+    .await;
+    let mut forger = client_with_header(&server.url(), Some("Bearer x.y.z".into())).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(forger.ping(PingRequest::default()).await.unwrap_err());
+    }
+    let unauthenticated = codes
+        .iter()
+        .filter(|s| s.code() == Code::Unauthenticated)
+        .count();
+    assert!((3..=4).contains(&unauthenticated), "{codes:?}");
+    let limited: Vec<_> = codes
+        .iter()
+        .filter(|s| s.code() == Code::ResourceExhausted)
+        .collect();
+    assert_eq!(limited.len(), 6 - unauthenticated, "{codes:?}");
+    for status in limited {
+        assert!(retry_delay(status) <= Duration::from_secs(1));
+        assert!(
+            !status.message().contains("x.y.z"),
+            "never echoes the token"
+        );
+    }
+    // The same address with a valid token is served: only failures are charged.
+    let mut alice = server.client("alice", "a").await;
+    for _ in 0..10 {
+        alice
+            .ping(PingRequest::default())
+            .await
+            .expect("valid token");
+    }
+}
+
+#[tokio::test]
+async fn an_overloaded_node_sheds_reads_before_sends_and_recovers() {
+    // Three requests at once; reads may take two of the places.
+    let server = TestServer::start_with_redis(|config| {
+        config.protect = ProtectOptions {
+            max_in_flight: 3,
+            non_send_share_percent: 67,
+            ..ProtectOptions::unlimited()
+        };
+        // Sends wait on the paused Redis instead of failing at once.
+        config.redis.response_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let mut alice = server.client("alice", "a").await;
+    create_group(&mut alice, "busy", &["bob"]).await;
+    send_text(&mut alice, "g:busy", "warm", "before").await;
+    let redis = server.redis.as_ref().expect("redis");
+
+    redis.pause().expect("pause");
+    let stuck: Vec<_> = (0..2)
+        .map(|i| {
+            let mut c = alice.clone();
+            tokio::spawn(async move {
+                c.send_message(send_request("g:busy", format!("stuck{i}")))
+                    .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.protect.in_flight() < 2 {
+        assert!(Instant::now() < deadline, "the sends never got stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two in flight: a read is shed at once, with a retry delay.
+    let started = Instant::now();
+    let shed = alice
+        .get_history(GetHistoryRequest {
+            conversation_id: "g:busy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    retry_delay(&shed);
+    assert!(shed.message().contains("overloaded"), "{shed:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "shed fast");
+    // A send still gets the last place; the one after it is shed.
+    let third = {
+        let mut c = alice.clone();
+        tokio::spawn(async move { c.send_message(send_request("g:busy", "third".into())).await })
+    };
+    while server.protect.in_flight() < 3 {
+        assert!(Instant::now() < deadline, "the third send was not admitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fourth = alice
+        .send_message(send_request("g:busy", "fourth".into()))
+        .await
+        .unwrap_err();
+    retry_delay(&fourth);
+
+    redis.resume().expect("resume");
+    for task in stuck.into_iter().chain([third]) {
+        let _ = task.await.expect("task");
+    }
+    // Recovered: everything is served again, and the shed send can be retried.
+    assert_eq!(server.protect.in_flight(), 0);
+    alice
+        .send_message(send_request("g:busy", "fourth".into()))
+        .await
+        .expect("retried after the overload");
+    assert!(message_count(&mut alice, "g:busy").await >= 2);
+}
+
+#[tokio::test]
+async fn the_defaults_let_a_person_through_and_hold_a_script() {
+    let server = TestServer::start_with(protected(|_| {})).await;
+    let defaults = ProtectOptions::default();
+    let mut alice = server.client("alice", "a").await;
+    create_group(&mut alice, "chat", &["bob"]).await;
+    // A person: a few messages in a row, reading between them.
+    let started = Instant::now();
+    for i in 0..10 {
+        send_text(&mut alice, "g:chat", &format!("p{i}"), "hello").await;
+        message_count(&mut alice, "g:chat").await;
+    }
+    // A script: 200 sends as fast as the node answers.
+    let mut accepted = 10;
+    for i in 0..200 {
+        if alice
+            .send_message(send_request("g:chat", format!("s{i}")))
+            .await
+            .is_ok()
+        {
+            accepted += 1;
+        }
+    }
+    let refill =
+        (started.elapsed().as_secs_f64() * f64::from(defaults.user_sends_per_sec)).ceil() as usize;
+    let quota = defaults.user_send_burst as usize + refill;
+    assert!(
+        accepted <= quota + 1 && accepted < 210,
+        "{accepted} accepted in {:?}",
+        started.elapsed()
+    );
+}
