@@ -2,8 +2,8 @@
 //! command-line flags. Top-level keys say what the node is (`listen`, `data_dir`, `store`,
 //! `cache`, `node_id`, ...); each part has a section parsed into its own typed options:
 //! `[limits]` ([`Limits`]), `[embedded]`, `[redis]` ([`RedisOptions`]), `[scylla]`
-//! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]), `[notify]` ([`NotifyOptions`]) and `[protect]`
-//! ([`ProtectOptions`]). Unknown keys are rejected with an error naming them.
+//! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]), `[notify]` ([`NotifyOptions`]), `[protect]`
+//! ([`ProtectOptions`]) and `[tls]` ([`TlsOptions`]). Unknown keys are rejected with an error naming them.
 //!
 //! Environment variables: `TIMELINE_<KEY>` for a top-level key and `TIMELINE_<SECTION>__<KEY>`
 //! for a key of a section (`TIMELINE_SCYLLA__NODES`, `TIMELINE_LIMITS__GAP_GRACE`). The flat
@@ -17,6 +17,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::api::TlsOptions;
 use crate::cache::redis::RedisOptions;
 use crate::notify::NotifyOptions;
 use crate::protect::ProtectOptions;
@@ -101,6 +102,8 @@ pub struct Config {
     pub notify: NotifyOptions,
     #[serde(default)]
     pub protect: ProtectOptions,
+    #[serde(default)]
+    pub tls: TlsOptions,
 }
 
 impl Default for Config {
@@ -121,6 +124,7 @@ impl Default for Config {
             push: PushOptions::default(),
             notify: NotifyOptions::default(),
             protect: ProtectOptions::default(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -197,6 +201,7 @@ impl Config {
         self.push.validate().map_err(invalid)?;
         self.notify.validate().map_err(invalid)?;
         self.protect.validate().map_err(invalid)?;
+        self.tls.validate().map_err(|e| invalid(e.to_string()))?;
         if self.store == StoreKind::Scylla {
             self.scylla.validate().map_err(invalid)?;
         }

@@ -105,8 +105,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             // One line on stdout, for people and for scripts that started us on port 0.
-            println!("timeline listening on http://{addr}");
-            tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving gRPC (h2c) and HTTP");
+            let scheme = if config.tls.enabled() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("timeline listening on {scheme}://{addr}");
+            tracing::info!(%addr, data_dir = %config.data_dir.display(), tls = config.tls.enabled(), "serving gRPC and HTTP");
             node.serve(&config, listener, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())

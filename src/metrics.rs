@@ -47,6 +47,9 @@ pub const NOTIFY_QUEUE_DEPTH: &str = "timeline_notify_queue_depth";
 pub const LIMITED_REQUESTS: &str = "timeline_limited_requests_total";
 pub const IN_FLIGHT: &str = "timeline_in_flight_requests";
 pub const IN_FLIGHT_LIMIT: &str = "timeline_in_flight_limit";
+pub const CONNECTIONS_OPEN: &str = "timeline_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "timeline_connections_refused_total";
+pub const CONNECTIONS_CLOSED: &str = "timeline_connections_closed_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -232,6 +235,15 @@ fn describe() {
         "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; source: failed authentications of an address; overload: shed by the in-flight bound)."
     );
     describe_gauge!(IN_FLIGHT, "Requests this node is serving now.");
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open on this node.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as accepted, by the bound they were over (node, source)."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections the node closed, by reason (first_request: no complete request in time; idle; tls_handshake: failed)."
+    );
     describe_gauge!(
         IN_FLIGHT_LIMIT,
         "Requests this node serves at once before shedding (0: unbounded)."
@@ -304,6 +316,13 @@ fn register_known_series() {
         ),
         (MODE_SWITCHES, "to", &["hot", "fanout"]),
     ];
+    for bound in ["node", "source"] {
+        counter!(CONNECTIONS_REFUSED, "bound" => bound).increment(0);
+    }
+    for reason in ["first_request", "idle", "tls_handshake"] {
+        counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(0);
+    }
+    gauge!(CONNECTIONS_OPEN).set(0.0);
     for class in ["send", "write", "read"] {
         for scope in ["user", "source", "overload"] {
             counter!(LIMITED_REQUESTS, "class" => class, "scope" => scope).increment(0);

@@ -35,6 +35,8 @@ pub enum ServerError {
     Cache(#[from] CacheError),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] api::TlsError),
 }
 
 pub struct Node {
@@ -126,6 +128,10 @@ impl Node {
             .timeline
             .spawn_recovery(config.limits.recovery_interval);
         let upkeep = metrics::spawn_upkeep(self.metrics.clone());
+        let (tls, tls_watch) = match api::TlsAcceptors::start(&config.tls)? {
+            Some((acceptors, watch)) => (Some(acceptors), Some(watch)),
+            None => (None, None),
+        };
         let served = api::serve(
             listener,
             api::TimelineApi {
@@ -136,11 +142,15 @@ impl Node {
             },
             self.metrics.clone(),
             config.grpc_reflection,
+            tls,
             shutdown,
         )
         .await;
         recovery.abort();
         upkeep.abort();
+        if let Some(watch) = tls_watch {
+            watch.abort();
+        }
         self.timeline.flush_store().await?;
         Ok(served?)
     }

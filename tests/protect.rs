@@ -336,3 +336,176 @@ async fn the_defaults_let_a_person_through_and_hold_a_script() {
         started.elapsed()
     );
 }
+
+/// Open files this process may have: the connection test sizes itself to fit.
+fn open_file_budget() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Reads until the server closes the connection; `false` if it is still open at `deadline`.
+async fn closed_by(stream: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A complete `POST /v1/Ping` over HTTP/1.1 from `source`: the status line.
+async fn ping_from(server: &TestServer, source: [u8; 4], token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    let request = format!(
+        "POST /v1/Ping HTTP/1.1\r\nhost: timeline\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_bounded_and_closed_while_others_are_served() {
+    const PER_SOURCE: usize = 400;
+    let server = TestServer::start_with(|config| {
+        config.protect = ProtectOptions {
+            max_connections_per_source: PER_SOURCE as u32,
+            first_request_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(2),
+            ..ProtectOptions::unlimited()
+        };
+    })
+    .await;
+    let token = server.token("alice", "a");
+    // Thousands where the process may open them: half an HTTP/1.1 request, or an HTTP/2
+    // preface, and then nothing.
+    let count = 2_000.min(open_file_budget().saturating_sub(PER_SOURCE + 400));
+    assert!(
+        count > PER_SOURCE,
+        "too few open files allowed to test with"
+    );
+    let mut idle = Vec::with_capacity(count);
+    for i in 0..count {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let opening: &[u8] = if i % 2 == 0 {
+            b"POST /v1/Ping HTTP/1.1\r\nhost: timeline\r\n"
+        } else {
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        };
+        // A connection over the bound may be closed before this is written.
+        let _ = stream.write_all(opening).await;
+        idle.push(stream);
+    }
+    let opened = Instant::now();
+
+    // Meanwhile a client from another address is served.
+    assert!(
+        ping_from(&server, [127, 0, 0, 2], &token)
+            .await
+            .contains(" 200 "),
+        "served during the flood"
+    );
+    // Those over the per-source bound were closed at once.
+    let soon = tokio::time::Instant::now() + Duration::from_millis(500);
+    let mut refused = 0;
+    for stream in &mut idle[PER_SOURCE + 50..] {
+        if closed_by(stream, soon).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, count - PER_SOURCE - 50, "over the bound: closed");
+    // The rest within the first-request timeout (1 s), plus the check interval and the grace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    for (i, stream) in idle.iter_mut().enumerate().take(PER_SOURCE) {
+        assert!(
+            closed_by(stream, deadline).await,
+            "connection {i} still open {:?} after it opened",
+            opened.elapsed()
+        );
+    }
+    drop(idle);
+
+    // The bound is free again.
+    assert!(
+        ping_from(&server, [127, 0, 0, 1], &token)
+            .await
+            .contains(" 200 ")
+    );
+    let mut alice = server.client("alice", "a").await;
+    alice.ping(PingRequest::default()).await.expect("gRPC");
+
+    // An HTTP/2 connection with nothing in flight is closed after the idle timeout (2 s)...
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = ::http::Request::post(format!("http://{}/v1/Ping", server.addr))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), connection)
+        .await
+        .expect("idle HTTP/2 connection kept")
+        .unwrap()
+        .ok();
+    assert!(
+        answered.elapsed() >= Duration::from_millis(1_900),
+        "closed before the idle timeout: {:?}",
+        answered.elapsed()
+    );
+
+    // ... and an HTTP/1.1 keep-alive connection waiting for its next request after the first
+    // request timeout (1 s), as hyper reads the next request's headers under that deadline.
+    let mut kept = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "POST /v1/Ping HTTP/1.1\r\nhost: timeline\r\nauthorization: Bearer {token}\r\n\
+             content-length: 0\r\n\r\n"
+        );
+        kept.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        kept.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let answered = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(closed_by(&mut kept, deadline).await, "idle connection kept");
+    assert!(answered.elapsed() >= Duration::from_millis(900));
+}

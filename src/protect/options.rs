@@ -1,6 +1,8 @@
 //! The `[protect]` section: rate limits per user and per source address, and the node's bound
 //! on requests in flight. A rate of 0 turns that limit off.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// Defaults a person using an app never reaches and a script does.
@@ -28,6 +30,27 @@ pub struct ProtectOptions {
     /// The percentage of `max_in_flight` that requests other than sends may take: the rest is
     /// kept for sends, so an overloaded node sheds reads first.
     pub non_send_share_percent: u8,
+    /// Connections a node keeps open (0: unbounded); one over it is closed as accepted.
+    pub max_connections: u32,
+    /// Connections one source address keeps open (0: unbounded).
+    pub max_connections_per_source: u32,
+    /// A connection must complete its first request (and, with TLS, its handshake) within
+    /// this; an HTTP/1.1 request's headers must arrive within it too.
+    #[serde(with = "crate::units::human")]
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (a push stream is a
+    /// request in flight: it keeps its connection).
+    #[serde(with = "crate::units::human")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval; a peer that does not answer within `keepalive_timeout` is gone.
+    #[serde(with = "crate::units::human")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "crate::units::human")]
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// The largest request header block accepted (HTTP/2 header list, HTTP/1.1 headers).
+    pub max_header_bytes: u32,
 }
 
 impl Default for ProtectOptions {
@@ -43,12 +66,22 @@ impl Default for ProtectOptions {
             source_auth_failure_burst: 100,
             max_in_flight: 2048,
             non_send_share_percent: 75,
+            max_connections: 20_000,
+            max_connections_per_source: 1_000,
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 256,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
 
 impl ProtectOptions {
-    /// Every limit off: for load runs that measure capacity rather than quotas.
+    /// Every rate limit and the in-flight bound off: for load runs that measure capacity
+    /// rather than quotas, and suites that call as a few users flat out. (The connection
+    /// bounds and timeouts stay.)
     pub fn unlimited() -> Self {
         Self {
             user_sends_per_sec: 0,
@@ -83,6 +116,22 @@ impl ProtectOptions {
         }
         if !(1..=100).contains(&self.non_send_share_percent) {
             return Err("protect.non_send_share_percent must be 1..=100".into());
+        }
+        for (name, value) in [
+            ("first_request_timeout", self.first_request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("protect.{name} must be positive"));
+            }
+        }
+        if self.max_concurrent_streams == 0 || self.max_header_bytes < 1024 {
+            return Err(
+                "protect.max_concurrent_streams must be positive and max_header_bytes at least 1024"
+                    .into(),
+            );
         }
         Ok(())
     }
