@@ -3,7 +3,7 @@
 //! `cache`, `node_id`, ...); each part has a section parsed into its own typed options:
 //! `[limits]` ([`Limits`]), `[embedded]`, `[redis]` ([`RedisOptions`]), `[scylla]`
 //! ([`ScyllaOptions`]), `[push]` ([`PushOptions`]), `[notify]` ([`NotifyOptions`]), `[protect]`
-//! ([`ProtectOptions`]) and `[tls]` ([`TlsOptions`]). Unknown keys are rejected with an error naming them.
+//! ([`ProtectOptions`]), `[tls]` ([`TlsOptions`]) and `[auth]` ([`AuthOptions`]). Unknown keys are rejected with an error naming them.
 //!
 //! Environment variables: `TIMELINE_<KEY>` for a top-level key and `TIMELINE_<SECTION>__<KEY>`
 //! for a key of a section (`TIMELINE_SCYLLA__NODES`, `TIMELINE_LIMITS__GAP_GRACE`). The flat
@@ -17,7 +17,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::api::TlsOptions;
+use crate::api::{AuthOptions, TlsOptions};
 use crate::cache::redis::RedisOptions;
 use crate::notify::NotifyOptions;
 use crate::protect::ProtectOptions;
@@ -82,7 +82,8 @@ pub struct Config {
     pub cache: CacheKind,
     /// 0..=1023, unique per node: part of every message_id.
     pub node_id: u16,
-    /// HS256 secret for tokens; generated into the data dir when unset (embedded mode).
+    /// HS256 secret for tokens; generated into the data dir when unset (embedded mode). Tokens
+    /// signed by an auth server's private key: `[auth]`.
     pub jwt_secret: Option<String>,
     /// tracing filter, e.g. `info` or `timeline=debug`.
     pub log: String,
@@ -104,6 +105,8 @@ pub struct Config {
     pub protect: ProtectOptions,
     #[serde(default)]
     pub tls: TlsOptions,
+    #[serde(default)]
+    pub auth: AuthOptions,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             notify: NotifyOptions::default(),
             protect: ProtectOptions::default(),
             tls: TlsOptions::default(),
+            auth: AuthOptions::default(),
         }
     }
 }
@@ -202,6 +206,7 @@ impl Config {
         self.notify.validate().map_err(invalid)?;
         self.protect.validate().map_err(invalid)?;
         self.tls.validate().map_err(|e| invalid(e.to_string()))?;
+        self.auth.validate().map_err(invalid)?;
         if self.store == StoreKind::Scylla {
             self.scylla.validate().map_err(invalid)?;
         }

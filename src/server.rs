@@ -37,6 +37,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] api::TlsError),
+    #[error(transparent)]
+    Auth(#[from] api::AuthError),
 }
 
 pub struct Node {
@@ -109,7 +111,7 @@ impl Node {
         let notify = Notifier::start(timeline.clone(), cache, config.notify.clone());
         Ok(Self {
             timeline,
-            auth: Arc::new(Authenticator::new(secret)),
+            auth: Arc::new(Authenticator::with_options(secret, &config.auth)?),
             push,
             notify,
             protect: Protection::new(config.protect.clone()),
@@ -128,6 +130,7 @@ impl Node {
             .timeline
             .spawn_recovery(config.limits.recovery_interval);
         let upkeep = metrics::spawn_upkeep(self.metrics.clone());
+        let keys_watch = self.auth.watch_keys();
         let (tls, tls_watch) = match api::TlsAcceptors::start(&config.tls)? {
             Some((acceptors, watch)) => (Some(acceptors), Some(watch)),
             None => (None, None),
@@ -148,7 +151,7 @@ impl Node {
         .await;
         recovery.abort();
         upkeep.abort();
-        if let Some(watch) = tls_watch {
+        for watch in [tls_watch, keys_watch].into_iter().flatten() {
             watch.abort();
         }
         self.timeline.flush_store().await?;

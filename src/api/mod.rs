@@ -8,6 +8,7 @@ mod conventions;
 mod convert;
 mod grpc;
 mod http;
+mod reload;
 mod secret;
 pub mod status;
 mod stream;
@@ -19,7 +20,7 @@ use std::future::Future;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-pub use auth::Authenticator;
+pub use auth::{AuthError, AuthOptions, Authenticator, PublicKeyFile};
 pub use grpc::TimelineApi;
 pub use secret::{SECRET_FILE, SecretError, resolve_jwt_secret};
 pub use tls::{TlsAcceptors, TlsError, TlsOptions};

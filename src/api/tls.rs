@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -93,15 +93,6 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-fn modified(paths: [&Path; 2]) -> [Option<SystemTime>; 2] {
-    paths.map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-}
-
-#[cfg(unix)]
-type Hangup = tokio::signal::unix::Signal;
-#[cfg(not(unix))]
-type Hangup = std::convert::Infallible;
-
 /// The acceptor in use, replaced when the files change.
 #[derive(Clone)]
 pub struct TlsAcceptors {
@@ -122,18 +113,19 @@ impl TlsAcceptors {
         let acceptors = Self {
             current: Arc::new(RwLock::new(TlsAcceptor::from(Arc::new(config)))),
         };
-        // Registered before returning: a SIGHUP from now on reloads (the default action would
-        // end the process).
-        #[cfg(unix)]
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        #[cfg(not(unix))]
-        let hangup = None;
-        let watcher = tokio::spawn(acceptors.clone().watch(
-            cert_file.clone(),
-            key_file.clone(),
+        let reloaded = acceptors.clone();
+        let (cert, key) = (cert_file.clone(), key_file.clone());
+        let watcher = super::reload::watch(
+            "TLS certificate",
+            vec![cert_file.clone(), key_file.clone()],
             options.reload_interval,
-            hangup,
-        ));
+            move || {
+                let config = load(&cert, &key).map_err(|e| e.to_string())?;
+                *reloaded.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    TlsAcceptor::from(Arc::new(config));
+                Ok(())
+            },
+        );
         Ok(Some((acceptors, watcher)))
     }
 
@@ -142,45 +134,5 @@ impl TlsAcceptors {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    async fn watch(
-        self,
-        cert_file: PathBuf,
-        key_file: PathBuf,
-        interval: Duration,
-        mut hangup: Option<Hangup>,
-    ) {
-        let mut seen = modified([&cert_file, &key_file]);
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
-            let asked = async {
-                match hangup.as_mut() {
-                    #[cfg(unix)]
-                    Some(signal) => signal.recv().await.is_some(),
-                    _ => std::future::pending().await,
-                }
-            };
-            let by_signal = tokio::select! {
-                _ = tick.tick() => false,
-                got = asked => got,
-            };
-            let now = modified([&cert_file, &key_file]);
-            if !by_signal && now == seen {
-                continue;
-            }
-            seen = now;
-            match load(&cert_file, &key_file) {
-                Ok(config) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-                        TlsAcceptor::from(Arc::new(config));
-                    tracing::info!(cert = %cert_file.display(), "TLS certificate reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS reload failed: the previous certificate stays in use");
-                }
-            }
-        }
     }
 }
