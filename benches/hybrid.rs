@@ -39,6 +39,8 @@ fn env() -> Env {
     let limits = Limits {
         max_members_per_call: 100_000,
         mode_min_dwell: Duration::ZERO,
+        // Sends flat out: no conversation send rate.
+        hot_conversation_sends_per_sec: 0,
         ..Limits::default()
     };
     let timeline = Timeline::new(

@@ -41,6 +41,8 @@ fn env(redis: &RedisProcess, durability: Durability) -> Env {
     let cache = Arc::new(RedisCache::connect(RedisOptions::single(redis.url())).expect("redis"));
     let limits = Limits {
         max_members_per_call: 100_000,
+        // Sends flat out: no conversation send rate.
+        hot_conversation_sends_per_sec: 0,
         ..Limits::default()
     };
     let timeline = Timeline::new(store, cache.clone(), limits, Arc::new(SystemClock));

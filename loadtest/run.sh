@@ -36,12 +36,13 @@ addr="127.0.0.1:$port"
 TIMELINE_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(36))')
 export TIMELINE_JWT_SECRET
 # Sizing runs measure capacity with a few users calling flat out: the rate limits and the
-# in-flight bound are off unless PROTECT=1 (the flood scenario measures them).
+# in-flight bound are off unless PROTECT=1.
 if [ "${PROTECT:-0}" != 1 ]; then
   for key in USER_SENDS_PER_SEC USER_WRITES_PER_SEC USER_READS_PER_SEC \
              SOURCE_AUTH_FAILURES_PER_SEC MAX_IN_FLIGHT; do
     export "TIMELINE_PROTECT__$key=0"
   done
+  export TIMELINE_LIMITS__HOT_CONVERSATION_SENDS_PER_SEC=0
 fi
 "$LOADTEST_BIN" serve --listen "$addr" --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!

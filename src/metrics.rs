@@ -232,7 +232,7 @@ fn describe() {
     );
     describe_counter!(
         LIMITED_REQUESTS,
-        "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; source: failed authentications of an address; overload: shed by the in-flight bound)."
+        "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; conversation: a hot conversation's send rate; source: failed authentications of an address; overload: shed by the in-flight bound)."
     );
     describe_gauge!(IN_FLIGHT, "Requests this node is serving now.");
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open on this node.");
@@ -312,6 +312,7 @@ fn register_known_series() {
                 "hot_window",
                 "hole_append",
                 "history_repair",
+                "send_rate",
             ],
         ),
         (MODE_SWITCHES, "to", &["hot", "fanout"]),
@@ -328,6 +329,7 @@ fn register_known_series() {
             counter!(LIMITED_REQUESTS, "class" => class, "scope" => scope).increment(0);
         }
     }
+    counter!(LIMITED_REQUESTS, "class" => "send", "scope" => "conversation").increment(0);
     for (name, label, values) in labelled {
         for value in values {
             if name == MODE_SWITCHES {
@@ -366,6 +368,11 @@ pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
             handle.run_upkeep();
         }
     })
+}
+
+/// A request refused by a rate limit or the in-flight bound.
+pub fn record_limited(class: &'static str, scope: &'static str) {
+    counter!(LIMITED_REQUESTS, "class" => class, "scope" => scope).increment(1);
 }
 
 pub fn record_request(rpc: &'static str, code: &'static str, elapsed: Duration) {

@@ -509,3 +509,67 @@ async fn idle_and_half_sent_connections_are_bounded_and_closed_while_others_are_
     assert!(closed_by(&mut kept, deadline).await, "idle connection kept");
     assert!(answered.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_conversations_send_rate_holds_across_two_nodes_on_one_redis() {
+    use ::timeline::store::Store;
+    use ::timeline::store::embedded::EmbeddedStore;
+    let redis =
+        ::timeline::testkit::redis_server::RedisProcess::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> = EmbeddedStore::open(
+        dir.path(),
+        ::timeline::config::Config::default().embedded_options(),
+    )
+    .expect("store");
+    let limited = |config: &mut ::timeline::config::Config| {
+        config.limits.hot_conversation_sends_per_sec = 4;
+        config.limits.hot_conversation_send_burst = 10;
+    };
+    let a = TestServer::start_on_store(store.clone(), &redis.url(), 1, limited).await;
+    let b = TestServer::start_on_store(store.clone(), &redis.url(), 2, limited).await;
+    let mut alice = a.client("alice", "a").await;
+    let mut bob = b.client("bob", "b").await;
+    create_group(&mut alice, "stage", &["bob"]).await;
+    create_group(&mut alice, "small", &["bob"]).await;
+    support::set_mode(
+        &mut support::operator(&a).await,
+        "g:stage",
+        DeliveryMode::Hot,
+    )
+    .await;
+
+    // Two senders on two nodes, flat out: together they get the one quota.
+    let started = Instant::now();
+    let (mut accepted, mut refused) = (0usize, Vec::new());
+    for i in 0..20 {
+        for (client, who) in [(&mut alice, "a"), (&mut bob, "b")] {
+            match client
+                .send_message(send_request("g:stage", format!("{who}{i}")))
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(status) => refused.push(status),
+            }
+        }
+    }
+    let refill = (started.elapsed().as_secs_f64() * 4.0).ceil() as usize;
+    assert!(
+        (10..=10 + refill + 1).contains(&accepted),
+        "{accepted} accepted in {:?}",
+        started.elapsed()
+    );
+    for status in &refused {
+        assert!(
+            retry_delay(status) <= Duration::from_millis(250),
+            "{status:?}"
+        );
+        assert!(status.message().contains("g:stage"), "{status:?}");
+    }
+    assert_eq!(message_count(&mut alice, "g:stage").await, accepted);
+
+    // A small (fan-out) conversation has no conversation rate.
+    for i in 0..30 {
+        send_text(&mut alice, "g:small", &format!("s{i}"), "fine").await;
+    }
+}

@@ -92,6 +92,8 @@ async fn round(cache: Arc<dyn Cache>, run_for: Duration, flip_every: Duration) -
             // Readers trail fast writers by more than the default 10,000 rows: retention by
             // count (a rule of its own, tested apart) would expire their cursors.
             inbox_max_rows: u64::MAX,
+            // Sends flat out: no conversation send rate.
+            hot_conversation_sends_per_sec: 0,
             ..Limits::default()
         },
         Arc::new(SystemClock),

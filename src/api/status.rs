@@ -16,18 +16,21 @@ pub const RETRY_AFTER: &str = "retry-after";
 /// `retry-after` metadata.
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
-        let retry_after = refusal.retry_after();
-        let mut status = Status::with_error_details(
-            Code::ResourceExhausted,
-            refusal.to_string(),
-            ErrorDetails::with_retry_info(Some(retry_after)),
-        );
-        status
-            .metadata_mut()
-            .insert(RETRY_AFTER, retry_after_seconds(retry_after).into());
-        status
+        throttled(refusal.to_string(), refusal.retry_after())
     }
+}
+
+fn throttled(message: String, retry_after: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut status = Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    );
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER, retry_after_seconds(retry_after).into());
+    status
 }
 
 /// Whole seconds, rounded up, at least 1: what `Retry-After` can say.
@@ -44,6 +47,10 @@ impl From<TimelineError> for Status {
             TimelineError::AlreadyExists(m) => Status::already_exists(m),
             TimelineError::FailedPrecondition(m) => Status::failed_precondition(m),
             TimelineError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            TimelineError::Throttled {
+                message,
+                retry_after,
+            } => throttled(message, retry_after),
             TimelineError::Aborted(m) => Status::aborted(m),
             TimelineError::Store(StoreError::Overloaded(m)) => Status::resource_exhausted(m),
             TimelineError::Store(e @ (StoreError::Io(_) | StoreError::Unavailable(_))) => {

@@ -90,6 +90,9 @@ struct State {
     /// Fenced conversations: holder and expiry.
     fences: HashMap<String, (u64, Instant)>,
     claims_since_sweep: usize,
+    /// Rate keys -> GCRA theoretical arrival time.
+    rates: HashMap<String, Instant>,
+    rates_since_sweep: usize,
     hot: HashMap<String, Window>,
     /// conversation -> last conv_seq allocation (ms).
     active: HashMap<String, i64>,
@@ -237,6 +240,30 @@ impl Cache for LocalCache {
                 state.claims.insert(key.to_owned(), (value, now + ttl));
                 Ok(None)
             }
+        }
+    }
+
+    async fn admit_rate(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> CacheResult<Option<Duration>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        // Keys whose quota is whole again are forgotten now and then: the map stays bounded by
+        // the keys in use.
+        state.rates_since_sweep += 1;
+        if state.rates_since_sweep >= 1024 {
+            state.rates.retain(|_, tat| *tat > now);
+            state.rates_since_sweep = 0;
+        }
+        match super::gcra(state.rates.get(key).copied(), now, period, burst) {
+            Ok(tat) => {
+                state.rates.insert(key.to_owned(), tat);
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(wait)),
         }
     }
 

@@ -169,6 +169,10 @@ macro_rules! with_cache_methods {
         fn extend_claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<bool> = false;
         /// Changes whenever the sequencer state was lost and rebuilt.
         fn epoch(&self) -> CacheResult<u64> = 0;
+        /// One step of GCRA (the generic cell rate algorithm) on `key`, by the Cache's clock so
+        /// that every node shares the limit: one call per `period` sustained, `burst` at once.
+        /// `None` when this call is admitted (and counted), else how long until one would be.
+        fn admit_rate(&self, key: &str, period: Duration, burst: u32) -> CacheResult<Option<Duration>> = None;
 
         /// Atomically adds a message to a hot conversation's window (score = conv_seq), trims the
         /// window to its newest `window` entries, and raises the head (last seq, last activity).
@@ -209,3 +213,21 @@ with_cache_methods!(backend_trait {
     /// Fast shared state behind one trait; see the module docs.
     pub trait Cache;
 });
+
+/// One GCRA step at `now` for a key whose theoretical arrival time is `tat` (`None`: unknown):
+/// `Ok(new_tat)` admits the call, `Err(wait)` refuses it. The Redis script computes the same.
+pub(crate) fn gcra(
+    tat: Option<std::time::Instant>,
+    now: std::time::Instant,
+    period: Duration,
+    burst: u32,
+) -> Result<std::time::Instant, Duration> {
+    let tat = tat.map_or(now, |t| t.max(now));
+    let tolerance = period * burst.saturating_sub(1);
+    let ahead = tat - now;
+    if ahead > tolerance {
+        Err(ahead - tolerance)
+    } else {
+        Ok(tat + period)
+    }
+}

@@ -16,7 +16,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 pub use options::ProtectOptions;
 
-use crate::metrics::{IN_FLIGHT, IN_FLIGHT_LIMIT, LIMITED_REQUESTS};
+use crate::metrics::{IN_FLIGHT, IN_FLIGHT_LIMIT};
 
 /// What a request costs the server, for its rate limit and its priority when shedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +225,7 @@ impl Protection {
 }
 
 fn limited(class: RequestClass, scope: &'static str) {
-    metrics::counter!(LIMITED_REQUESTS, "class" => class.name(), "scope" => scope).increment(1);
+    crate::metrics::record_limited(class.name(), scope);
 }
 
 /// A request in flight: counted until dropped.

@@ -16,6 +16,12 @@ pub enum TimelineError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over a rate limit: the client may try again after `retry_after`.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A concurrent request holds what this one needs (e.g. the same client_msg_id): retry.
     #[error("{0}")]
     Aborted(String),

@@ -55,6 +55,11 @@ pub struct Limits {
     pub mode_min_dwell: Duration,
     /// Messages kept in a hot conversation's Cache window.
     pub hot_window: usize,
+    /// Sends per second into one hot conversation, all senders and nodes together (0: no
+    /// limit), and the burst above it: a 50,000-member group cannot be flooded faster than
+    /// its members could read.
+    pub hot_conversation_sends_per_sec: u32,
+    pub hot_conversation_send_burst: u32,
     /// How long a send whose client_msg_id another request holds waits for that one's result.
     #[serde(skip)]
     pub send_claim_wait: Duration,
@@ -126,6 +131,8 @@ impl Default for Limits {
             hot_fanout_rows_per_sec: 20_000,
             mode_min_dwell: Duration::from_secs(60),
             hot_window: 1000,
+            hot_conversation_sends_per_sec: 100,
+            hot_conversation_send_burst: 500,
             send_claim_wait: Duration::from_secs(2),
             recovery_interval: Duration::from_secs(1),
             send_fence_wait: Duration::from_secs(2),

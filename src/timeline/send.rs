@@ -62,6 +62,8 @@ impl Timeline {
         if idempotent && let Some(first) = self.replay(caller, &req).await? {
             return Ok(first);
         }
+        // After the replay: a retry of a message already sent costs no quota.
+        self.admit_send_rate(&conversation).await?;
 
         let now = self.clock.now_ms();
         let message_id = self.ids.next(now);
@@ -157,6 +159,40 @@ impl Timeline {
     /// not write a second message, so the client_msg_id stays claimed past that horizon; a
     /// retry meanwhile is told to retry, and finds the first message if it landed. A write
     /// that certainly did not happen (an overloaded store refused it) frees the id at once.
+    /// Holds a hot conversation to its send rate, cluster-wide through the Cache. Without the
+    /// Cache the send is admitted: it then fails or succeeds on the sequencer, as it would
+    /// have without a limit.
+    async fn admit_send_rate(&self, conversation: &ConversationRow) -> TimelineResult<()> {
+        let per_sec = self.limits.hot_conversation_sends_per_sec;
+        if per_sec == 0 || conversation.mode() != DeliveryMode::Hot {
+            return Ok(());
+        }
+        let key = format!("send:{}", conversation.conversation_id);
+        let period = Duration::from_secs(1) / per_sec;
+        match self
+            .cache
+            .admit_rate(&key, period, self.limits.hot_conversation_send_burst)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(retry_after)) => {
+                metrics::record_limited("send", "conversation");
+                Err(TimelineError::Throttled {
+                    message: format!(
+                        "{} takes at most {per_sec} messages per second: retry in {} ms",
+                        conversation.conversation_id,
+                        retry_after.as_millis()
+                    ),
+                    retry_after,
+                })
+            }
+            Err(e) => {
+                self.cache_fallback("send_rate", &e);
+                Ok(())
+            }
+        }
+    }
+
     async fn hold_claim_after_failed_write(
         &self,
         caller: &Caller,

@@ -199,6 +199,38 @@ pub async fn a_claim_is_extended_only_by_its_holder(cache: &dyn Cache) {
     );
 }
 
+pub async fn rates_admit_a_burst_then_one_per_period(cache: &dyn Cache) {
+    let period = Duration::from_millis(200);
+    for i in 0..3 {
+        assert_eq!(
+            cache.admit_rate("r", period, 3).await.unwrap(),
+            None,
+            "call {i} of the burst"
+        );
+    }
+    let wait = cache
+        .admit_rate("r", period, 3)
+        .await
+        .unwrap()
+        .expect("over the burst");
+    assert!(
+        wait > Duration::ZERO && wait <= period,
+        "{wait:?}: the next call is at most one period away"
+    );
+    // A refused call is not counted: after the wait, exactly one more is admitted.
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    assert_eq!(cache.admit_rate("r", period, 3).await.unwrap(), None);
+    assert!(cache.admit_rate("r", period, 3).await.unwrap().is_some());
+    // Keys are independent; a burst of 1 is one call per period.
+    assert_eq!(cache.admit_rate("s", period, 1).await.unwrap(), None);
+    assert!(cache.admit_rate("s", period, 1).await.unwrap().is_some());
+    // Once the quota is whole again the full burst is back.
+    tokio::time::sleep(period * 3 + Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        assert_eq!(cache.admit_rate("r", period, 3).await.unwrap(), None);
+    }
+}
+
 pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cache) {
     assert_eq!(cache.hot_read("g:h", 0, 10).await.unwrap(), None);
     for seq in 1..=7u64 {
@@ -475,6 +507,7 @@ macro_rules! cache_conformance_suite {
             sequences_allocate_ranges_for_many_keys_after_seeding,
             claims_are_exclusive_until_they_expire,
             a_claim_is_extended_only_by_its_holder,
+            rates_admit_a_burst_then_one_per_period,
             fences_hold_back_a_conversations_allocations_until_lifted,
             hot_windows_keep_the_newest_entries_and_their_head,
             allocations_mark_conversations_active_until_verified,

@@ -34,6 +34,7 @@ impl ChildServer {
         ] {
             command.env(format!("TIMELINE_PROTECT__{key}"), "0");
         }
+        command.env("TIMELINE_LIMITS__HOT_CONVERSATION_SENDS_PER_SEC", "0");
         for (key, value) in env {
             command.env(key, value);
         }

@@ -92,6 +92,7 @@ impl TestServer {
         config.redis.url = redis_url.to_owned();
         config.limits.recovery_interval = Duration::from_millis(200);
         config.protect = ProtectOptions::unlimited();
+        config.limits.hot_conversation_sends_per_sec = 0;
         adjust(&mut config);
         let node = Node::build_on_store(&config, store).await.expect("node");
         Self::serve(node, config, None, dir).await
@@ -109,6 +110,7 @@ impl TestServer {
         // The suites send and read as fast as they can as a few users: a script, which the
         // default rate limits would throttle. The protections' own tests set them.
         config.protect = ProtectOptions::unlimited();
+        config.limits.hot_conversation_sends_per_sec = 0;
         let redis = redis.then(|| RedisProcess::start().unwrap_or_else(|e| panic!("{e}")));
         if let Some(r) = &redis {
             config.cache = CacheKind::Redis;

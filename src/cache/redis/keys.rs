@@ -77,6 +77,10 @@ impl Keys {
         format!("{}:claim:{key}", self.prefix)
     }
 
+    pub fn rate(&self, key: &str) -> String {
+        format!("{}:rate:{key}", self.prefix)
+    }
+
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
     }

@@ -106,6 +106,7 @@ struct Scripts {
     fence: Script,
     release_claim: Script,
     extend_claim: Script,
+    admit_rate: Script,
     epoch: Script,
     hot_append: Script,
     hot_read: Script,
@@ -122,6 +123,7 @@ impl Scripts {
             fence: Script::new(scripts::FENCE),
             release_claim: Script::new(scripts::RELEASE_CLAIM),
             extend_claim: Script::new(scripts::EXTEND_CLAIM),
+            admit_rate: Script::new(scripts::ADMIT_RATE),
             epoch: Script::new(scripts::EPOCH),
             hot_append: Script::new(scripts::HOT_APPEND),
             hot_read: Script::new(scripts::HOT_READ),
@@ -132,12 +134,13 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.allocate,
             &self.fence,
             &self.release_claim,
             &self.extend_claim,
+            &self.admit_rate,
             &self.epoch,
             &self.hot_append,
             &self.hot_read,
@@ -478,6 +481,22 @@ impl Cache for RedisCache {
         );
         self.run_one::<Value>(cmd).await?;
         Ok(())
+    }
+
+    async fn admit_rate(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> CacheResult<Option<Duration>> {
+        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX).max(1);
+        let cmd = eval(
+            &self.scripts.admit_rate,
+            &[&self.keys.rate(key)],
+            &[&num(period_us), &num(u64::from(burst.max(1)))],
+        );
+        let wait_us: i64 = self.run_one(cmd).await?;
+        Ok(u64::try_from(wait_us).ok().map(Duration::from_micros))
     }
 
     async fn extend_claim(&self, key: &str, value: u64, ttl: Duration) -> CacheResult<bool> {

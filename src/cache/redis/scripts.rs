@@ -31,6 +31,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// KEYS: rate key. ARGV: period (µs), burst. One GCRA step by Redis's clock (one clock for
+/// every node): the key holds the theoretical arrival time (µs) and expires when the quota is
+/// whole again. Answers -1 when admitted, else the wait in µs. Like `cache::gcra`.
+pub const ADMIT_RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local period = tonumber(ARGV[1])
+local tolerance = period * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return tat - now - tolerance end
+local next = tat + period
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now) / 1000) + 1)
+return -1
+";
+
 /// KEYS: claim. ARGV: holder, ttl ms. Extends it only if this holder still has it.
 pub const EXTEND_CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
