@@ -269,9 +269,26 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let redis = server.redis.as_ref().expect("redis");
     redis.pause().expect("pause redis");
-    // Long enough that the traffic loop reaches a send while Redis is stopped: a Sync caught
-    // in the stall waits out several 500 ms Cache timeouts before falling back to the Store.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The stall lasts until a send has failed UNAVAILABLE (and a few seconds at least, for
+    // the reads' fallbacks): the traffic loop may be caught in one slow call for all of a
+    // fixed stall and then succeed after it.
+    let stalled = Instant::now();
+    let mut probe = server.client("carol", "probe").await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = send_quietly(&mut probe, "g:team", &format!("probe-{attempt}")).await;
+        if matches!(&sent, Err(status) if status.code() == tonic::Code::Unavailable) {
+            break;
+        }
+        assert!(
+            stalled.elapsed() < Duration::from_secs(30),
+            "no send failed while Redis was stopped: {sent:?}"
+        );
+    }
+    if let Some(rest) = Duration::from_millis(3500).checked_sub(stalled.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
     redis.resume().expect("resume redis");
 
     // Enough scrapes since the stall's failures for rate() over the panels' window.
