@@ -32,18 +32,23 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-/// A fresh store over an emptied Redis (claims left by a previous store would hold ids).
-fn env(redis: &RedisProcess, durability: Durability) -> Env {
+/// A fresh store over an emptied Redis (claims left by a previous store would hold ids);
+/// `flat_out` turns the hot conversation's send rate off (the load runs send far above it).
+fn env(redis: &RedisProcess, durability: Durability, flat_out: bool) -> Env {
     redis.flushall().expect("flushall");
     let dir = tempfile::tempdir().expect("temp dir");
     let store =
         EmbeddedStore::open(dir.path(), EmbeddedOptions::new(durability, 4096)).expect("store");
     let cache = Arc::new(RedisCache::connect(RedisOptions::single(redis.url())).expect("redis"));
+    let defaults = Limits::default();
     let limits = Limits {
         max_members_per_call: 100_000,
-        // Sends flat out: no conversation send rate.
-        hot_conversation_sends_per_sec: 0,
-        ..Limits::default()
+        hot_conversation_sends_per_sec: if flat_out {
+            0
+        } else {
+            defaults.hot_conversation_sends_per_sec
+        },
+        ..defaults
     };
     let timeline = Timeline::new(store, cache.clone(), limits, Arc::new(SystemClock));
     Env {
@@ -77,7 +82,8 @@ where
 }
 
 async fn round_trips(redis: &RedisProcess, n: usize) {
-    let e = env(redis, Durability::Buffered);
+    // The default limits: a hot send's round trips include its conversation's send rate.
+    let e = env(redis, Durability::Buffered, false);
     let t = &e.timeline;
     hot_or_not(t, "g:five", 5, false).await;
     hot_or_not(t, "g:hot", HOT_MEMBERS, true).await;
@@ -136,7 +142,7 @@ async fn round_trips(redis: &RedisProcess, n: usize) {
 
 /// Hot sends per second from `CONCURRENCY` tasks for `duration`.
 async fn hot_send_rate(redis: &RedisProcess, durability: Durability, duration: Duration) -> f64 {
-    let e = env(redis, durability);
+    let e = env(redis, durability, true);
     hot_or_not(&e.timeline, "g:load", HOT_MEMBERS, true).await;
     send(&e.timeline, "m0", "g:load", usize::MAX).await;
     let started = Instant::now();
