@@ -59,6 +59,11 @@ pub struct ConversationRow {
     /// An operator fixed the mode: automatic switching leaves it alone.
     pub mode_forced: bool,
     pub mode_changed_at_ms: i64,
+    /// Least seconds between two messages of one member (owners and admins are exempt); 0 is
+    /// off. Stored beside the row (embedded: a key of its own; ScyllaDB: a column) so that rows
+    /// written before it existed still decode.
+    #[serde(skip)]
+    pub slowmode_seconds: u32,
 }
 
 impl ConversationRow {
@@ -175,6 +180,7 @@ mod tests {
                 .collect(),
             mode_forced: false,
             mode_changed_at_ms: 0,
+            slowmode_seconds: 0,
         }
     }
 

@@ -81,6 +81,8 @@ macro_rules! with_store_methods {
         fn set_member_count(&self, conversation_id: &str, member_count: u32, counted_at_ms: i64) -> StoreResult<()>;
         /// Replaces the mode history (`UPDATE conversations SET mode_spans = ?, ...`).
         fn update_conversation_mode(&self, conversation_id: &str, spans: &[ModeSpan], forced: bool, changed_at_ms: i64) -> StoreResult<()>;
+        /// `UPDATE conversations SET slowmode_seconds = ?`: read back by `get_conversation`.
+        fn set_slowmode(&self, conversation_id: &str, seconds: u32) -> StoreResult<()>;
         // --- members -----------------------------------------------------------------------------
         /// The member row and the member's `user_conversations` row, as one unit (a logged batch
         /// on ScyllaDB): no member exists without its read state. The user row's `mode` never goes

@@ -35,6 +35,7 @@ fn conversation(id: &str) -> ConversationRow {
         mode_spans: ConversationRow::initial_spans(),
         mode_forced: false,
         mode_changed_at_ms: 1,
+        slowmode_seconds: 0,
     }
 }
 
@@ -128,6 +129,31 @@ pub async fn conversations_insert_if_absent(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(member_count(store, "g:two").await, 8);
+
+    // Slowmode: off until set, then read back with the row; other writes keep it.
+    let slowmode = |id: &'static str| async move {
+        store
+            .get_conversation(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .slowmode_seconds
+    };
+    assert_eq!(slowmode("g:two").await, 0);
+    store.set_slowmode("g:two", 30).await.unwrap();
+    assert_eq!(slowmode("g:two").await, 30);
+    assert_eq!(slowmode("g:one").await, 0, "another conversation's");
+    store
+        .set_member_count("g:two", 9, two.created_at_ms + 2)
+        .await
+        .unwrap();
+    store
+        .update_conversation_mode("g:two", &ConversationRow::initial_spans(), true, 5)
+        .await
+        .unwrap();
+    assert_eq!(slowmode("g:two").await, 30);
+    store.set_slowmode("g:two", 0).await.unwrap();
+    assert_eq!(slowmode("g:two").await, 0);
 }
 
 async fn member_count(store: &dyn Store, id: &str) -> u32 {

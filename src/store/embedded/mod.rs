@@ -255,8 +255,26 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_conversation(&self, id: &str) -> StoreResult<Option<ConversationRow>> {
-        let k = id.as_bytes().to_vec();
-        self.read(move |t| get(&t.conversations, &k)).await
+        let id = id.to_owned();
+        self.read(move |t| {
+            let Some(mut row) = get::<ConversationRow>(&t.conversations, id.as_bytes())? else {
+                return Ok(None);
+            };
+            // Beside the row, as `member_count_at`: the row's encoding stays as it was.
+            row.slowmode_seconds = get(&t.meta, &key_with_suffix("slowmode", &id))?.unwrap_or(0);
+            Ok(Some(row))
+        })
+        .await
+    }
+
+    async fn set_slowmode(&self, id: &str, seconds: u32) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(Box::new(move |t, batch| {
+            batch.insert(&t.meta, key_with_suffix("slowmode", &id), encode(&seconds)?);
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
     }
 
     async fn set_member_count(

@@ -145,6 +145,7 @@ pub(super) fn conversation_from(c: ConversationCql) -> StoreResult<Option<Conver
         },
         mode_forced: c.mode_forced.unwrap_or(false),
         mode_changed_at_ms: c.mode_changed_at.map_or(0, |t| t.0),
+        slowmode_seconds: c.slowmode_seconds.unwrap_or(0).max(0) as u32,
     }))
 }
 

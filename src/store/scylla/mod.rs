@@ -180,6 +180,13 @@ impl Store for ScyllaStore {
         .await
     }
 
+    async fn set_slowmode(&self, conversation_id: &str, seconds: u32) -> StoreResult<()> {
+        let seconds = i32::try_from(seconds)
+            .map_err(|_| StoreError::Corrupt(format!("slowmode of {seconds} s")))?;
+        self.exec(&self.st.set_slowmode, (seconds, conversation_id))
+            .await
+    }
+
     async fn add_member(
         &self,
         member: &MemberRow,

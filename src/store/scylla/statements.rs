@@ -74,6 +74,7 @@ pub struct ConversationCql {
     pub mode_spans: Option<Vec<(i64, String)>>,
     pub mode_forced: Option<bool>,
     pub mode_changed_at: Option<Millis>,
+    pub slowmode_seconds: Option<i32>,
 }
 
 #[derive(Debug, DeserializeRow)]
@@ -304,12 +305,14 @@ statements! {
     insert_conversation(false): (String, String, String, Millis, String) => NoRows =
         "INSERT INTO conversations (conversation_id, kind, title, created_at, created_by) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS";
     get_conversation(true): (String,) => ConversationCql =
-        "SELECT conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at FROM conversations WHERE conversation_id = ?";
+        "SELECT conversation_id, kind, title, created_at, created_by, member_count, mode_spans, mode_forced, mode_changed_at, slowmode_seconds FROM conversations WHERE conversation_id = ?";
     /// Write timestamp = when the count started: the count that started last wins.
     set_member_count(true): (i64, i32, String) => NoRows =
         "UPDATE conversations USING TIMESTAMP ? SET member_count = ? WHERE conversation_id = ?";
     update_conversation_mode(true): (Spans, bool, Millis, String) => NoRows =
         "UPDATE conversations SET mode_spans = ?, mode_forced = ?, mode_changed_at = ? WHERE conversation_id = ?";
+    set_slowmode(true): (i32, String) => NoRows =
+        "UPDATE conversations SET slowmode_seconds = ? WHERE conversation_id = ?";
     /// Write timestamp = the seq: the highest seq wins whatever the arrival order.
     raise_last_conv_seq(true): (i64, i64, String) => NoRows =
         "UPDATE conversations USING TIMESTAMP ? SET last_seq = ? WHERE conversation_id = ?";
