@@ -232,7 +232,7 @@ fn describe() {
     );
     describe_counter!(
         LIMITED_REQUESTS,
-        "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; conversation: a hot conversation's send rate; source: failed authentications of an address; overload: shed by the in-flight bound)."
+        "Requests refused with RESOURCE_EXHAUSTED, by class (send, write, read) and scope (user: the user's rate; conversation: a hot conversation's send rate; slowmode: a member in a conversation's slowmode; source: failed authentications of an address; overload: shed by the in-flight bound)."
     );
     describe_gauge!(IN_FLIGHT, "Requests this node is serving now.");
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open on this node.");
@@ -329,7 +329,9 @@ fn register_known_series() {
             counter!(LIMITED_REQUESTS, "class" => class, "scope" => scope).increment(0);
         }
     }
-    counter!(LIMITED_REQUESTS, "class" => "send", "scope" => "conversation").increment(0);
+    for scope in ["conversation", "slowmode"] {
+        counter!(LIMITED_REQUESTS, "class" => "send", "scope" => scope).increment(0);
+    }
     for (name, label, values) in labelled {
         for value in values {
             if name == MODE_SWITCHES {

@@ -13,6 +13,8 @@ use crate::cache::SeqKey;
 use crate::store::*;
 
 const MAX_TITLE_LEN: usize = 256;
+/// The longest slowmode: six hours, as Discord's.
+pub const MAX_SLOWMODE_SECONDS: u32 = 21_600;
 /// Membership writes in flight at once: the embedded writer commits them under one fsync.
 const JOIN_CONCURRENCY: usize = 64;
 
@@ -102,6 +104,7 @@ impl Timeline {
             // Never switched: the dwell holds back a second switch, not the first (a group
             // created or grown past hot_threshold turns hot at once).
             mode_changed_at_ms: 0,
+            slowmode_seconds: 0,
         };
         match self.store.insert_conversation_if_absent(&row).await? {
             None => {
@@ -152,6 +155,7 @@ impl Timeline {
             mode_spans: ConversationRow::initial_spans(),
             mode_forced: false,
             mode_changed_at_ms: 0,
+            slowmode_seconds: 0,
         };
         // Both memberships first: a direct conversation row then always has its two members,
         // however a creation was interrupted (the next send completes it).
@@ -257,22 +261,56 @@ impl Timeline {
     }
 
     /// The conversation a send goes to, creating a direct chat on first use.
+    /// The conversation a send goes to and the sender's role in it (a direct chat's users are
+    /// plain members).
     pub(crate) async fn conversation_for_send(
         &self,
         caller: &Caller,
         id: &str,
-    ) -> TimelineResult<ConversationRow> {
+    ) -> TimelineResult<(ConversationRow, Role)> {
         if let Some(conversation) = self.store.get_conversation(id).await?
-            && self.store.get_member(id, &caller.user_id).await?.is_some()
+            && let Some(member) = self.store.get_member(id, &caller.user_id).await?
         {
-            return Ok(conversation);
+            return Ok((conversation, member.role));
         }
         if id.starts_with(DIRECT_PREFIX) {
-            return Ok(self.ensure_direct(caller, id).await?.0);
+            return Ok((self.ensure_direct(caller, id).await?.0, Role::Member));
         }
         self.require_member(&caller.user_id, id)
             .await
-            .map(|(c, _)| c)
+            .map(|(c, m)| (c, m.role))
+    }
+
+    /// Sets a group's slowmode (`0` turns it off): owners and admins only, who are exempt from
+    /// it. Members then send at most one message per `seconds`, across all nodes.
+    pub async fn set_slowmode(
+        &self,
+        caller: &Caller,
+        id: &str,
+        seconds: u32,
+    ) -> TimelineResult<ConversationRow> {
+        validate_conversation_id(id)?;
+        if seconds > MAX_SLOWMODE_SECONDS {
+            return Err(invalid(format!(
+                "slowmode_seconds is {seconds}, more than the most of {MAX_SLOWMODE_SECONDS} (6 hours)"
+            )));
+        }
+        let (conversation, me) = self.require_member(&caller.user_id, id).await?;
+        if conversation.kind == ConversationKind::Direct {
+            return Err(TimelineError::FailedPrecondition(
+                "a direct conversation has no slowmode".into(),
+            ));
+        }
+        if me.role < Role::Admin {
+            return Err(TimelineError::PermissionDenied(
+                "only the owner or an admin sets slowmode".into(),
+            ));
+        }
+        self.store.set_slowmode(id, seconds).await?;
+        Ok(ConversationRow {
+            slowmode_seconds: seconds,
+            ..conversation
+        })
     }
 
     /// The conversation and the user's membership: the same NOT_FOUND for an unknown

@@ -102,6 +102,9 @@ pub(crate) enum Broken {
     /// have taken effect (a lost reply): recovery and retries then skip the entry for the
     /// whole lease, and a retry is acked before its message is delivered.
     FailedClaimKept,
+    /// Slowmode is checked after the durable write, so a refused send leaves its message (and
+    /// its outbox entry, which recovery delivers).
+    SlowmodeAfterWrite,
 }
 
 impl Default for Limits {

@@ -55,7 +55,7 @@ impl Timeline {
                 self.limits.max_body_bytes
             )));
         }
-        let conversation = self
+        let (conversation, role) = self
             .conversation_for_send(caller, &req.conversation_id)
             .await?;
         let idempotent = !req.client_msg_id.is_empty();
@@ -64,6 +64,9 @@ impl Timeline {
         }
         // After the replay: a retry of a message already sent costs no quota.
         self.admit_send_rate(&conversation).await?;
+        if !self.broken(Broken::SlowmodeAfterWrite) {
+            self.admit_slowmode(&conversation, role, caller).await?;
+        }
 
         let now = self.clock.now_ms();
         let message_id = self.ids.next(now);
@@ -136,6 +139,9 @@ impl Timeline {
                 }
                 return Err(e.into());
             }
+            if self.broken(Broken::SlowmodeAfterWrite) {
+                self.admit_slowmode(&conversation, role, caller).await?;
+            }
             if !self.late(message.created_at_ms) || attempt == MAX_LATE_REWRITES {
                 break;
             }
@@ -154,11 +160,6 @@ impl Timeline {
         Ok(message)
     }
 
-    /// After a durable write that failed, the write may still land: ScyllaDB's batchlog
-    /// replays a timed-out logged batch up to about a minute later. Until then a retry must
-    /// not write a second message, so the client_msg_id stays claimed past that horizon; a
-    /// retry meanwhile is told to retry, and finds the first message if it landed. A write
-    /// that certainly did not happen (an overloaded store refused it) frees the id at once.
     /// Holds a hot conversation to its send rate, cluster-wide through the Cache. Without the
     /// Cache the send is admitted: it then fails or succeeds on the sequencer, as it would
     /// have without a limit.
@@ -193,6 +194,49 @@ impl Timeline {
         }
     }
 
+    /// A member of a conversation in slowmode sends at most one message per its seconds, held
+    /// across nodes through the Cache; owners and admins are exempt. Without the Cache the send
+    /// is admitted (as for the send rate).
+    async fn admit_slowmode(
+        &self,
+        conversation: &ConversationRow,
+        role: Role,
+        caller: &Caller,
+    ) -> TimelineResult<()> {
+        let seconds = conversation.slowmode_seconds;
+        if seconds == 0 || role >= Role::Admin {
+            return Ok(());
+        }
+        let key = format!("slow:{}:{}", conversation.conversation_id, caller.user_id);
+        match self
+            .cache
+            .admit_rate(&key, Duration::from_secs(u64::from(seconds)), 1)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(retry_after)) => {
+                metrics::record_limited("send", "slowmode");
+                Err(TimelineError::Throttled {
+                    message: format!(
+                        "{} is in slowmode: one message per {seconds} s; retry in {} s",
+                        conversation.conversation_id,
+                        retry_after.as_millis().div_ceil(1000)
+                    ),
+                    retry_after,
+                })
+            }
+            Err(e) => {
+                self.cache_fallback("send_rate", &e);
+                Ok(())
+            }
+        }
+    }
+
+    /// After a durable write that failed, the write may still land: ScyllaDB's batchlog
+    /// replays a timed-out logged batch up to about a minute later. Until then a retry must
+    /// not write a second message, so the client_msg_id stays claimed past that horizon; a
+    /// retry meanwhile is told to retry, and finds the first message if it landed. A write
+    /// that certainly did not happen (an overloaded store refused it) frees the id at once.
     async fn hold_claim_after_failed_write(
         &self,
         caller: &Caller,

@@ -104,6 +104,12 @@ enum Op {
         group: usize,
         hot: bool,
     },
+    /// The owner turns a group's slowmode on (an hour: a member's second message is refused)
+    /// or off.
+    Slowmode {
+        group: usize,
+        on: bool,
+    },
     /// A switch with a send and a sync running just before its `at`-th Store/Cache operation,
     /// as concurrent requests would.
     SwitchAmidTraffic {
@@ -154,6 +160,7 @@ fn op() -> impl Strategy<Value = Op> {
         // the switch's claim for 30 s of real time on Redis, longer than a case.
         1 => (1..USERS, 0usize..2).prop_map(|(user, group)| Op::Leave { user, group, fault: None }),
         2 => (0usize..2, any::<bool>()).prop_map(|(group, hot)| Op::Force { group, hot }),
+        1 => (0usize..2, any::<bool>()).prop_map(|(group, on)| Op::Slowmode { group, on }),
         3 => (0usize..2, any::<bool>(), 0usize..12, 0..USERS, 0..USERS, 0..DEVICES, 1u32..8)
             .prop_map(|(group, hot, at, sender, reader, device, limit)| Op::SwitchAmidTraffic {
                 group, hot, at, sender, reader, device, limit,
@@ -295,6 +302,7 @@ fn broken_pipelines_are_caught() {
         Broken::SendWithoutOutbox,
         Broken::SwitchWithoutFence,
         Broken::LeaveKeepsMembership,
+        Broken::SlowmodeAfterWrite,
     ] {
         let mut runner = runner(1000);
         let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {

@@ -35,6 +35,10 @@ pub(super) struct World {
     /// Every conversation a send was attempted to.
     pub(super) last_sent_to: BTreeSet<String>,
     pub(super) sends: usize,
+    /// (sender, client_msg_id) whose every attempt was refused by slowmode: never delivered.
+    pub(super) refused_only: BTreeSet<(String, String)>,
+    /// (sender, client_msg_id) with an attempt that was not refused (it may have written).
+    pub(super) attempted: BTreeSet<(String, String)>,
     pub(super) _dir: tempfile::TempDir,
 }
 
@@ -111,6 +115,8 @@ impl World {
             last_client_id: vec![None; USERS],
             last_sent_to: BTreeSet::new(),
             sends: 0,
+            refused_only: BTreeSet::new(),
+            attempted: BTreeSet::new(),
             _dir: dir,
         };
         for (g, others) in [(0usize, vec![1, 2]), (1, vec![3])] {
@@ -169,6 +175,17 @@ impl World {
         prop_assert!(page.messages.len() <= limit as usize);
         if page.has_more {
             prop_assert_eq!(page.messages.len(), limit as usize, "exact-count pages");
+        }
+        for m in &page.messages {
+            prop_assert!(
+                !self
+                    .refused_only
+                    .contains(&(m.sender_id.clone(), m.client_msg_id.clone())),
+                "a send refused by slowmode was delivered: {} #{} from {}",
+                m.conversation_id,
+                m.conv_seq,
+                m.sender_id
+            );
         }
         let device = &mut self.devices[u][d];
         for m in &page.messages {
@@ -234,6 +251,18 @@ impl World {
     ) -> Check {
         self.last_sent_to.insert(conversation_id.clone());
         self.last_client_id[sender] = Some((conversation_id.clone(), client_msg_id.clone()));
+        let id = (user(sender), client_msg_id.clone());
+        if matches!(
+            result,
+            Err(crate::timeline::TimelineError::Throttled { .. })
+        ) {
+            if !self.attempted.contains(&id) {
+                self.refused_only.insert(id);
+            }
+        } else {
+            self.refused_only.remove(&id);
+            self.attempted.insert(id);
+        }
         if let Ok(message) = result {
             let key = (sender, client_msg_id);
             if let Some(first) = self.by_client_id.get(&key) {
@@ -329,6 +358,13 @@ impl World {
                     self.left.insert((id.to_owned(), u));
                     self.away.push((id.to_owned(), u, last, None));
                 }
+            }
+            Op::Slowmode { group, on } => {
+                let seconds = if on { 3600 } else { 0 };
+                self.timeline
+                    .set_slowmode(&caller(0, 0), GROUPS[group], seconds)
+                    .await
+                    .expect("the owner sets slowmode");
             }
             Op::Force { group, hot } => {
                 let mode = if hot {
