@@ -572,4 +572,118 @@ async fn a_hot_conversations_send_rate_holds_across_two_nodes_on_one_redis() {
     for i in 0..30 {
         send_text(&mut alice, "g:small", &format!("s{i}"), "fine").await;
     }
+
+    // Slowmode holds across nodes too: bob's second message, through the other node, waits.
+    alice
+        .set_slowmode(SetSlowmodeRequest {
+            conversation_id: "g:small".into(),
+            slowmode_seconds: 60,
+        })
+        .await
+        .expect("slowmode");
+    let mut bob_on_a = a.client("bob", "b2").await;
+    bob_on_a
+        .send_message(SendMessageRequest {
+            conversation_id: "g:small".into(),
+            body: b"one".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("first");
+    let refused = bob
+        .send_message(SendMessageRequest {
+            conversation_id: "g:small".into(),
+            body: b"two".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        retry_delay(&refused) > Duration::from_secs(55),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn slowmode_holds_members_to_one_message_per_period_and_exempts_the_owner() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice", "a").await;
+    let mut bob = server.client("bob", "b").await;
+    let mut carol = server.client("carol", "c").await;
+    create_group(&mut alice, "slow", &["bob", "carol"]).await;
+    let set = |seconds: u32, conv: &'static str| SetSlowmodeRequest {
+        conversation_id: conv.into(),
+        slowmode_seconds: seconds,
+    };
+
+    // Who may set it, and what.
+    let e = bob.set_slowmode(set(2, "g:slow")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = alice.set_slowmode(set(21_601, "g:slow")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("21600"), "{e:?}");
+    send_text(&mut alice, "d:alice:bob", "d1", "hi").await;
+    let e = alice.set_slowmode(set(2, "d:alice:bob")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let mut eve = server.client("eve", "e").await;
+    let e = eve.set_slowmode(set(2, "g:slow")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let set_to = alice
+        .set_slowmode(set(2, "g:slow"))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(set_to.slowmode_seconds, 2);
+    let shown = bob
+        .get_conversation(GetConversationRequest {
+            conversation_id: "g:slow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(shown.slowmode_seconds, 2);
+
+    // A member: one message, then told when the next may go; each member on their own.
+    let first = alice_or_bob_send(&mut bob, "b1").await.expect("first");
+    let refused = alice_or_bob_send(&mut bob, "b2").await.unwrap_err();
+    let delay = retry_delay(&refused);
+    assert!(
+        delay > Duration::from_millis(1_000) && delay <= Duration::from_secs(2),
+        "{delay:?}"
+    );
+    assert!(refused.message().contains("slowmode"), "{refused:?}");
+    // A retry of the message that went is answered with it, not refused.
+    let again = alice_or_bob_send(&mut bob, "b1").await.expect("retry");
+    assert_eq!(again.message_id, first.message_id);
+    alice_or_bob_send(&mut carol, "c1")
+        .await
+        .expect("carol's own");
+    // The owner is exempt.
+    for i in 0..5 {
+        alice_or_bob_send(&mut alice, &format!("a{i}"))
+            .await
+            .expect("owner");
+    }
+    tokio::time::sleep(delay).await;
+    alice_or_bob_send(&mut bob, "b2")
+        .await
+        .expect("after the delay");
+    // Nothing refused was written: bob's two, carol's one, alice's five.
+    assert_eq!(message_count(&mut carol, "g:slow").await, 8);
+
+    // Off again.
+    alice.set_slowmode(set(0, "g:slow")).await.unwrap();
+    alice_or_bob_send(&mut bob, "b3").await.expect("off");
+    alice_or_bob_send(&mut bob, "b4").await.expect("off");
+}
+
+async fn alice_or_bob_send(client: &mut Client, id: &str) -> Result<Message, tonic::Status> {
+    client
+        .send_message(send_request("g:slow", id.to_owned()))
+        .await
+        .map(|r| r.into_inner().message.expect("message"))
 }

@@ -36,6 +36,7 @@ pub fn conversation(c: ConversationRow) -> proto::Conversation {
         mode: mode(current_mode) as i32,
         mode_since_seq,
         mode_forced: c.mode_forced,
+        slowmode_seconds: c.slowmode_seconds,
     }
 }
 

@@ -502,6 +502,22 @@ impl TimelineService for TimelineApi {
         .await
     }
 
+    async fn set_slowmode(
+        &self,
+        request: Request<proto::SetSlowmodeRequest>,
+    ) -> Result<Response<proto::SetSlowmodeResponse>, Status> {
+        self.handle("SetSlowmode", request, |caller, req| async move {
+            let conversation = self
+                .timeline
+                .set_slowmode(&caller, &req.conversation_id, req.slowmode_seconds)
+                .await?;
+            Ok(proto::SetSlowmodeResponse {
+                conversation: Some(convert::conversation(conversation)),
+            })
+        })
+        .await
+    }
+
     async fn ping(
         &self,
         request: Request<proto::PingRequest>,

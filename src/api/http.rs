@@ -184,6 +184,7 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         "/v1/GetPresence" => get_presence,
         "/v1/RegisterPushTarget" => register_push_target,
         "/v1/UnregisterPushTarget" => unregister_push_target,
+        "/v1/SetSlowmode" => set_slowmode,
     );
     routes
         .route("/v1/stream", get(super::websocket::upgrade))
