@@ -160,43 +160,32 @@ impl Timeline {
         Ok(message)
     }
 
-    /// Holds a hot conversation to its send rate, cluster-wide through the Cache. Without the
-    /// Cache the send is admitted: it then fails or succeeds on the sequencer, as it would
-    /// have without a limit.
+    /// Holds a hot conversation to its send rate, cluster-wide through the Cache.
     async fn admit_send_rate(&self, conversation: &ConversationRow) -> TimelineResult<()> {
         let per_sec = self.limits.hot_conversation_sends_per_sec;
         if per_sec == 0 || conversation.mode() != DeliveryMode::Hot {
             return Ok(());
         }
-        let key = format!("send:{}", conversation.conversation_id);
+        let id = &conversation.conversation_id;
         let period = Duration::from_secs(1) / per_sec;
-        match self
-            .cache
-            .admit_rate(&key, period, self.limits.hot_conversation_send_burst)
-            .await
-        {
-            Ok(None) => Ok(()),
-            Ok(Some(retry_after)) => {
-                metrics::record_limited("send", "conversation");
-                Err(TimelineError::Throttled {
-                    message: format!(
-                        "{} takes at most {per_sec} messages per second: retry in {} ms",
-                        conversation.conversation_id,
-                        retry_after.as_millis()
-                    ),
-                    retry_after,
-                })
-            }
-            Err(e) => {
-                self.cache_fallback("send_rate", &e);
-                Ok(())
-            }
-        }
+        let burst = self.limits.hot_conversation_send_burst;
+        self.admit_send(
+            &format!("send:{id}"),
+            period,
+            burst,
+            "conversation",
+            |wait| {
+                format!(
+                    "{id} takes at most {per_sec} messages per second: retry in {} ms",
+                    wait.as_millis()
+                )
+            },
+        )
+        .await
     }
 
     /// A member of a conversation in slowmode sends at most one message per its seconds, held
-    /// across nodes through the Cache; owners and admins are exempt. Without the Cache the send
-    /// is admitted (as for the send rate).
+    /// across nodes through the Cache; owners and admins are exempt.
     async fn admit_slowmode(
         &self,
         conversation: &ConversationRow,
@@ -207,21 +196,35 @@ impl Timeline {
         if seconds == 0 || role >= Role::Admin {
             return Ok(());
         }
-        let key = format!("slow:{}:{}", conversation.conversation_id, caller.user_id);
-        match self
-            .cache
-            .admit_rate(&key, Duration::from_secs(u64::from(seconds)), 1)
-            .await
-        {
+        let id = &conversation.conversation_id;
+        let key = format!("slow:{id}:{}", caller.user_id);
+        let period = Duration::from_secs(u64::from(seconds));
+        self.admit_send(&key, period, 1, "slowmode", |wait| {
+            format!(
+                "{id} is in slowmode: one message per {seconds} s; retry in {} s",
+                wait.as_millis().div_ceil(1000)
+            )
+        })
+        .await
+    }
+
+    /// One GCRA step on `key` for a send: refused with when to retry. Without the Cache the
+    /// send is admitted: it then fails or succeeds on the sequencer, as it would have without
+    /// a limit.
+    async fn admit_send(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+        scope: &'static str,
+        message: impl FnOnce(Duration) -> String,
+    ) -> TimelineResult<()> {
+        match self.cache.admit_rate(key, period, burst).await {
             Ok(None) => Ok(()),
             Ok(Some(retry_after)) => {
-                metrics::record_limited("send", "slowmode");
+                metrics::record_limited("send", scope);
                 Err(TimelineError::Throttled {
-                    message: format!(
-                        "{} is in slowmode: one message per {seconds} s; retry in {} s",
-                        conversation.conversation_id,
-                        retry_after.as_millis().div_ceil(1000)
-                    ),
+                    message: message(retry_after),
                     retry_after,
                 })
             }
