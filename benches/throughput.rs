@@ -292,6 +292,10 @@ async fn run(settings: Settings) -> Vec<Outcome> {
                         body: Bytes::from(vec![b'x'; 100]),
                         created_at_ms: 0,
                         kind: ::timeline::store::MessageKind::User,
+                        count_seq: i as u64 + 1,
+                        target_message_id: 0,
+                        edited_at_ms: 0,
+                        recalled_at_ms: 0,
                     };
                     store
                         .write_message(&MessageWrite {

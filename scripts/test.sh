@@ -46,7 +46,7 @@ cargo test --locked --bench '*'
 cargo test --locked --lib --bins --tests "$@"
 # The end-to-end API suites once more with the Cache on Redis (the README tour, hot mode, push,
 # offline notifications).
-TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot --test push --test notify "$@"
+TIMELINE_TEST_CACHE=redis cargo test --locked --test api --test hot --test push --test notify --test lifecycle "$@"
 # A 30-second k6 run of the mixed scenario against the binary the tests built: every RPC
 # succeeds and every reader gets each message once, without gaps (thresholds fail it otherwise).
 LOADTEST_BIN=target/debug/timeline DURATION=30s loadtest/run.sh mixed

@@ -24,6 +24,18 @@ pub enum MessageKind {
     User,
     /// A conv_seq that was allocated but never written.
     Hole,
+    /// The sender (or an owner/admin) recalled `target_message_id`: its body is gone.
+    Recall,
+    /// The sender replaced the body of `target_message_id` with this entry's body.
+    Edit,
+}
+
+impl MessageKind {
+    /// Whether a message of this kind counts as unread: what a user reads, not the timeline's
+    /// bookkeeping (holes) or changes to messages already counted (recalls, edits).
+    pub fn counts_as_unread(self) -> bool {
+        self == MessageKind::User
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -134,6 +146,47 @@ pub struct MessageRow {
     pub body: Bytes,
     pub created_at_ms: i64,
     pub kind: MessageKind,
+    // Fields appended since the first row format: rows written before them decode with zeros
+    // (see the embedded store's encoding); keep appending, never reorder.
+    /// The conversation's countable messages up to and including this one (see
+    /// `MessageKind::counts_as_unread`): unread is a difference of two of these. A recall or an
+    /// edit carries the count of the messages before it; a hole carries 0.
+    pub count_seq: u64,
+    /// The message a recall or an edit changes (0 for other kinds).
+    pub target_message_id: u64,
+    /// When the body was last edited (0: never).
+    pub edited_at_ms: i64,
+    /// When the message was recalled (0: it was not); its body is then empty.
+    pub recalled_at_ms: i64,
+}
+
+impl MessageRow {
+    /// Whether the message was recalled: its body is gone whatever a racing edit wrote.
+    pub fn recalled(&self) -> bool {
+        self.recalled_at_ms != 0
+    }
+}
+
+/// Most fields appended to a row since a value was written that still decode.
+const MAX_APPENDED_FIELDS: usize = 8;
+
+/// Decodes a postcard value written before fields were appended to its row: each appended
+/// field is an integer whose zero encodes as one 0 byte, so a short value is padded with zeros
+/// until it decodes. Only for values of an older format: a current value must decode as is.
+pub fn decode_with_appended_fields<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, postcard::Error> {
+    let mut padded = bytes.to_vec();
+    loop {
+        match postcard::from_bytes(&padded) {
+            Err(postcard::Error::DeserializeUnexpectedEnd)
+                if padded.len() < bytes.len() + MAX_APPENDED_FIELDS =>
+            {
+                padded.push(0);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The message_id of the hole at `(conversation_id, conv_seq)`: the same for every filler, so
@@ -159,6 +212,10 @@ pub fn hole_message(conversation_id: &str, conv_seq: u64, created_at_ms: i64) ->
         body: Bytes::new(),
         created_at_ms,
         kind: MessageKind::Hole,
+        count_seq: 0,
+        target_message_id: 0,
+        edited_at_ms: 0,
+        recalled_at_ms: 0,
     }
 }
 
@@ -182,6 +239,58 @@ mod tests {
             mode_changed_at_ms: 0,
             slowmode_seconds: 0,
         }
+    }
+
+    /// A message row as the first format wrote it, before fields were appended.
+    #[derive(Serialize)]
+    struct FirstMessageRow {
+        conversation_id: String,
+        conv_seq: u64,
+        message_id: u64,
+        sender_id: String,
+        sender_device_id: String,
+        client_msg_id: String,
+        content_type: String,
+        body: Bytes,
+        created_at_ms: i64,
+        kind: MessageKind,
+    }
+
+    #[test]
+    fn a_row_written_before_fields_were_appended_decodes_with_them_zero() {
+        let old = FirstMessageRow {
+            conversation_id: "g:old".into(),
+            conv_seq: 7,
+            message_id: 42,
+            sender_id: "alice".into(),
+            sender_device_id: "d".into(),
+            client_msg_id: "c".into(),
+            content_type: "text/plain".into(),
+            body: Bytes::from_static(b"hi"),
+            created_at_ms: 1000,
+            kind: MessageKind::User,
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert!(
+            postcard::from_bytes::<MessageRow>(&bytes).is_err(),
+            "a plain decode refuses it"
+        );
+        let row: MessageRow = decode_with_appended_fields(&bytes).unwrap();
+        assert_eq!(
+            (row.conv_seq, row.message_id, row.body.as_ref()),
+            (7, 42, &b"hi"[..])
+        );
+        assert_eq!(
+            (
+                row.count_seq,
+                row.target_message_id,
+                row.edited_at_ms,
+                row.recalled_at_ms
+            ),
+            (0, 0, 0, 0)
+        );
+        // A value cut short by more than the appended fields stays an error.
+        assert!(decode_with_appended_fields::<MessageRow>(&bytes[..bytes.len() / 2]).is_err());
     }
 
     #[test]

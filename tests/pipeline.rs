@@ -91,6 +91,10 @@ async fn crash_after_durable_write_with(
         body: Bytes::from_static(b"hello"),
         created_at_ms,
         kind: MessageKind::User,
+        count_seq: conv_seq,
+        target_message_id: 0,
+        edited_at_ms: 0,
+        recalled_at_ms: 0,
     };
     let key = OutboxKey::for_message(&message);
     f.store

@@ -441,7 +441,7 @@ async fn the_epoch_changes_when_redis_loses_its_state() {
         conv_seq: 1,
         payload: bytes::Bytes::from_static(b"m"),
     };
-    cache.hot_append("g:e", entry, 9, 10, 1).await.unwrap();
+    cache.hot_append("g:e", entry, 9, 1, 10, 1).await.unwrap();
     assert_eq!(
         cache
             .hot_read("g:e", 0, 10)

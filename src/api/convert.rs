@@ -17,7 +17,12 @@ pub fn message(m: MessageRow) -> proto::Message {
         kind: match m.kind {
             MessageKind::User => proto::MessageKind::User,
             MessageKind::Hole => proto::MessageKind::Hole,
+            MessageKind::Recall => proto::MessageKind::Recall,
+            MessageKind::Edit => proto::MessageKind::Edit,
         } as i32,
+        target_message_id: m.target_message_id,
+        edited_at_ms: m.edited_at_ms,
+        recalled_at_ms: m.recalled_at_ms,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::protect::{Protection, RequestClass};
 use crate::proto::{self, timeline_service_server::TimelineService};
 use crate::push::{Hub, TypingOutcome};
 use crate::timeline::{
-    Caller, CreateConversation, PushPlatform, PushTarget, SendMessage, Timeline,
+    Caller, CreateConversation, EditMessage, PushPlatform, PushTarget, SendMessage, Timeline,
 };
 
 #[derive(Clone)]
@@ -513,6 +513,71 @@ impl TimelineService for TimelineApi {
                 .await?;
             Ok(proto::SetSlowmodeResponse {
                 conversation: Some(convert::conversation(conversation)),
+            })
+        })
+        .await
+    }
+
+    async fn recall_message(
+        &self,
+        request: Request<proto::RecallMessageRequest>,
+    ) -> Result<Response<proto::RecallMessageResponse>, Status> {
+        self.handle("RecallMessage", request, |caller, req| async move {
+            let changed = self
+                .timeline
+                .recall(&caller, &req.conversation_id, req.conv_seq, req.message_id)
+                .await?;
+            Ok(proto::RecallMessageResponse {
+                recall: Some(convert::message(changed.entry)),
+                message: Some(convert::message(changed.message)),
+            })
+        })
+        .await
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<proto::EditMessageRequest>,
+    ) -> Result<Response<proto::EditMessageResponse>, Status> {
+        self.handle("EditMessage", request, |caller, req| async move {
+            let changed = self
+                .timeline
+                .edit(
+                    &caller,
+                    EditMessage {
+                        conversation_id: req.conversation_id,
+                        conv_seq: req.conv_seq,
+                        message_id: req.message_id,
+                        client_msg_id: req.client_msg_id,
+                        content_type: req.content_type,
+                        body: Bytes::from(req.body),
+                    },
+                )
+                .await?;
+            Ok(proto::EditMessageResponse {
+                edit: Some(convert::message(changed.entry)),
+                message: Some(convert::message(changed.message)),
+            })
+        })
+        .await
+    }
+
+    async fn delete_messages_for_me(
+        &self,
+        request: Request<proto::DeleteMessagesForMeRequest>,
+    ) -> Result<Response<proto::DeleteMessagesForMeResponse>, Status> {
+        self.handle("DeleteMessagesForMe", request, |caller, req| async move {
+            let pairs: Vec<(u64, u64)> = req
+                .messages
+                .iter()
+                .map(|m| (m.conv_seq, m.message_id))
+                .collect();
+            let hidden = self
+                .timeline
+                .delete_for_me(&caller, &req.conversation_id, &pairs)
+                .await?;
+            Ok(proto::DeleteMessagesForMeResponse {
+                hidden: hidden as u32,
             })
         })
         .await

@@ -185,6 +185,9 @@ pub fn router(api: TimelineApi, metrics: PrometheusHandle, max_body_bytes: usize
         "/v1/RegisterPushTarget" => register_push_target,
         "/v1/UnregisterPushTarget" => unregister_push_target,
         "/v1/SetSlowmode" => set_slowmode,
+        "/v1/RecallMessage" => recall_message,
+        "/v1/EditMessage" => edit_message,
+        "/v1/DeleteMessagesForMe" => delete_messages_for_me,
     );
     routes
         .route("/v1/stream", get(super::websocket::upgrade))

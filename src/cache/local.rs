@@ -180,6 +180,31 @@ impl Cache for LocalCache {
         Ok(out)
     }
 
+    async fn allocate_message(
+        &self,
+        conversation_id: &str,
+        countable: bool,
+        now_ms: i64,
+    ) -> CacheResult<Option<(u64, u64)>> {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.fences.retain(|_, (_, expires)| *expires > now);
+        if state.fences.contains_key(conversation_id) {
+            return Err(CacheError::Fenced(conversation_id.to_owned()));
+        }
+        let seq_key = SeqKey::Conversation(conversation_id.to_owned());
+        let count_key = SeqKey::Count(conversation_id.to_owned());
+        let (Some(&seq), Some(&count)) = (state.seqs.get(&seq_key), state.seqs.get(&count_key))
+        else {
+            return Ok(None);
+        };
+        let count = count + u64::from(countable);
+        state.seqs.insert(seq_key, seq + 1);
+        state.seqs.insert(count_key, count);
+        state.active.insert(conversation_id.to_owned(), now_ms);
+        Ok(Some((seq + 1, count)))
+    }
+
     async fn fence(
         &self,
         conversation_id: &str,
@@ -300,6 +325,7 @@ impl Cache for LocalCache {
         conversation_id: &str,
         entry: HotEntry,
         message_id: u64,
+        count_seq: u64,
         window: usize,
         now_ms: i64,
     ) -> CacheResult<()> {
@@ -315,11 +341,13 @@ impl Cache for LocalCache {
             last_seq: 0,
             last_message_id: 0,
             last_activity_ms: 0,
+            last_count: 0,
         });
         if newer {
             head.last_seq = entry.conv_seq;
             head.last_message_id = message_id;
         }
+        head.last_count = head.last_count.max(count_seq);
         head.last_activity_ms = head.last_activity_ms.max(now_ms);
         Ok(())
     }

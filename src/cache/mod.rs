@@ -36,6 +36,9 @@ pub enum SeqKey {
     Conversation(String),
     /// inbox_seq of a user.
     Inbox(String),
+    /// How many messages of a conversation count as unread (`MessageRow::count_seq`):
+    /// allocated with its conv_seq by `Cache::allocate_message`.
+    Count(String),
 }
 
 /// One connected device of a user and the node its connection lives on.
@@ -117,6 +120,8 @@ pub struct HotHead {
     pub last_seq: u64,
     pub last_message_id: u64,
     pub last_activity_ms: i64,
+    /// The highest `count_seq` appended (a hole's 0 leaves it).
+    pub last_count: u64,
 }
 
 /// One message of a hot window: its conv_seq and its encoded row.
@@ -147,6 +152,12 @@ macro_rules! with_cache_methods {
         /// Allocating a conv_seq also records the conversation as active at `now_ms` (same round
         /// trip), for the sweeper that fills abandoned seqs.
         fn allocate(&self, requests: &[SeqRequest], now_ms: i64) -> CacheResult<Vec<Option<u64>>> = vec![None; requests.len()];
+        /// Allocates the next conv_seq of the conversation and, when `countable`, the next value
+        /// of its `SeqKey::Count`, atomically: of two messages, the one with the higher conv_seq
+        /// never has the lower count. Returns the conv_seq and the count after it, or `None`
+        /// when either key has no state (nothing was allocated). Fenced and recorded as active
+        /// like a conversation's `allocate`.
+        fn allocate_message(&self, conversation_id: &str, countable: bool, now_ms: i64) -> CacheResult<Option<(u64, u64)>> = None;
         /// Sets the key's last handed-out value unless it already has one (`SET NX`).
         /// Holds back the conversation's conv_seq allocations until `unfence` (or `ttl`), and
         /// returns the last value handed out (`None`: no state; seed it, then fence again).
@@ -176,7 +187,7 @@ macro_rules! with_cache_methods {
 
         /// Atomically adds a message to a hot conversation's window (score = conv_seq), trims the
         /// window to its newest `window` entries, and raises the head (last seq, last activity).
-        fn hot_append(&self, conversation_id: &str, entry: HotEntry, message_id: u64, window: usize, now_ms: i64) -> CacheResult<()> = ();
+        fn hot_append(&self, conversation_id: &str, entry: HotEntry, message_id: u64, count_seq: u64, window: usize, now_ms: i64) -> CacheResult<()> = ();
         /// The heads of many hot conversations in one round trip (`None`: no window state).
         fn hot_heads(&self, conversation_ids: &[String]) -> CacheResult<Vec<Option<HotHead>>> = vec![None; conversation_ids.len()];
         /// Up to `limit` entries with conv_seq > `after_seq`, ascending (`None`: no window state).

@@ -218,7 +218,7 @@ impl CoalescedReads {
 
     async fn current(&self, key: &SeqKey) -> CacheResult<Option<u64>> {
         let scope = match key {
-            SeqKey::Conversation(c) => Scope::Conversation(c.clone()),
+            SeqKey::Conversation(c) | SeqKey::Count(c) => Scope::Conversation(c.clone()),
             SeqKey::Inbox(u) => Scope::User(u.clone()),
         };
         let memo_key = Key::Current(key.clone());
@@ -422,6 +422,7 @@ mod tests {
                     conv_seq: seq,
                     payload: bytes::Bytes::from(format!("m{seq}")),
                 },
+                seq,
                 seq,
                 100,
                 0,

@@ -110,13 +110,17 @@ macro_rules! with_store_methods {
         /// The user's rows whose `mode` is `Hot` (`SELECT ... FROM user_conversations WHERE
         /// user_id = ?`, filtered on mode): the conversations Sync reads as hot sources.
         fn list_hot_conversations(&self, user_id: &str, limit: usize) -> StoreResult<Vec<UserConversationRow>>;
-        /// Moves `read_seq` forward to `seq` (never back); returns the row after the update, or
-        /// `None` when the user has no row for the conversation.
-        fn advance_read_seq(&self, user_id: &str, conversation_id: &str, seq: u64) -> StoreResult<Option<UserConversationRow>>;
+        /// Moves `read_seq` forward to `seq` and `read_count` to `count` (never back); returns
+        /// the row after the update, or `None` when the user has no row for the conversation.
+        fn advance_read_seq(&self, user_id: &str, conversation_id: &str, seq: u64, count: u64) -> StoreResult<Option<UserConversationRow>>;
         // --- messages ----------------------------------------------------------------------------
         /// The durable step of a send: the message row, its outbox entry and its idempotency
         /// record, atomically (a logged batch on ScyllaDB).
         fn write_message(&self, write: &MessageWrite) -> StoreResult<()>;
+        /// Changes the message at `(conv_seq, message_id)` in place; the caller has read it (on
+        /// ScyllaDB an UPDATE of a missing row would create one). Concurrent changes converge:
+        /// a recall wins over any edit, the later of two edits wins (by `at_ms`).
+        fn update_message(&self, conversation_id: &str, conv_seq: u64, message_id: u64, change: &MessageChange) -> StoreResult<()>;
         /// Rows of one `(conversation_id, bucket)` partition with conv_seq in `range`, in `order`.
         fn read_messages(&self, conversation_id: &str, bucket: u64, range: SeqRange, order: ReadOrder, limit: usize) -> StoreResult<Vec<MessageRow>>;
         /// Writes the hole unless a row already occupies its conv_seq; returns the rows found there
@@ -126,6 +130,9 @@ macro_rules! with_store_methods {
         /// The highest conv_seq written for the conversation (0 if none): read once when the
         /// sequencer has lost its state.
         fn last_conv_seq(&self, conversation_id: &str) -> StoreResult<u64>;
+        /// The highest `count_seq` written for the conversation (0 if none): read once when
+        /// the sequencer has lost its state.
+        fn last_count(&self, conversation_id: &str) -> StoreResult<u64>;
         // --- inbox -------------------------------------------------------------------------------
         /// The fan-out step: inbox rows, activity updates and clearing the outbox entry. After a
         /// crash either all of it is visible, or the outbox entry is still there so a re-drive
@@ -149,6 +156,13 @@ macro_rules! with_store_methods {
         fn list_pending(&self, bucket: u64, shard: u32, limit: usize) -> StoreResult<Vec<PendingFanoutRow>>;
         fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>>;
         fn delete_pending(&self, key: OutboxKey) -> StoreResult<()>;
+        // --- hidden messages (delete for me) ---------------------------------------------------
+        /// Hides messages of one conversation from one user (one partition): `(conv_seq,
+        /// message_id)` pairs; hiding one again changes nothing.
+        fn hide_messages(&self, user_id: &str, conversation_id: &str, messages: &[(u64, u64)]) -> StoreResult<()>;
+        /// The `(conv_seq, message_id)` the user hid in the conversation with conv_seq in
+        /// `range`, ascending, at most `limit`.
+        fn list_hidden(&self, user_id: &str, conversation_id: &str, range: SeqRange, limit: usize) -> StoreResult<Vec<(u64, u64)>>;
         // --- push targets --------------------------------------------------------------------
         /// Registers (or replaces) one device's push target.
         fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()>;

@@ -22,6 +22,11 @@ pub struct UserConversationRow {
     pub read_seq: u64,
     pub joined_seq: u64,
     pub joined_at_ms: i64,
+    // Appended since the first row format (older rows decode with zeros).
+    /// `count_seq` of the newest message: with `read_count`, unread is `last_count - read_count`.
+    pub last_count: u64,
+    /// `count_seq` of the message at `read_seq` (or, at a join, of the last one before it).
+    pub read_count: u64,
 }
 
 /// `inbox`, partition key `(user_id, bucket)`, clustering `inbox_seq DESC, message_id`; a
@@ -96,8 +101,51 @@ pub struct ActivityUpdate {
     pub last_seq: u64,
     pub last_message_id: u64,
     pub read_seq: Option<u64>,
+    /// The message's `count_seq`: raises `last_count` with `last_seq`, and `read_count` with
+    /// `read_seq` when that is set (0, a hole's: leaves them).
+    pub count_seq: u64,
     /// The member's inbox_seq for this message: backends may track the inbox head with it.
     pub inbox_seq: u64,
+}
+
+/// A change to a stored message, in place (see `Store::update_message`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageChange {
+    /// Clears the body and sets `recalled_at_ms`: final, nothing restores the body.
+    Recall { at_ms: i64 },
+    /// Replaces body and content type and sets `edited_at_ms`, unless a later edit is there.
+    Edit {
+        content_type: String,
+        body: bytes::Bytes,
+        at_ms: i64,
+    },
+}
+
+impl MessageChange {
+    /// The change applied to a copy of the message, converging as `Store::update_message`
+    /// says whatever the order changes arrive in.
+    pub fn apply(&self, m: &mut MessageRow) {
+        match self {
+            MessageChange::Recall { at_ms } => {
+                if !m.recalled() {
+                    m.recalled_at_ms = (*at_ms).max(1);
+                }
+                m.body = bytes::Bytes::new();
+            }
+            MessageChange::Edit {
+                content_type,
+                body,
+                at_ms,
+            } => {
+                if m.recalled() || *at_ms < m.edited_at_ms {
+                    return;
+                }
+                m.content_type.clone_from(content_type);
+                m.body = body.clone();
+                m.edited_at_ms = *at_ms;
+            }
+        }
+    }
 }
 
 /// The durable step of a send: the message, its outbox entry and its idempotency record.

@@ -1,8 +1,11 @@
 //! The conversation list, one conversation's state for its member, and read state.
 //!
-//! Unread is derived, never counted: `last_seq - read_seq` per (user, conversation), where
-//! `last_seq` is raised by each fan-out (and, for hot conversations, read from the Cache
-//! head) and `read_seq` only moves forward.
+//! Unread is derived, never counted: `last_count - read_count` per (user, conversation). Each
+//! message carries the conversation's count of messages that count as unread (user messages:
+//! not holes, recalls or edits) up to it, allocated with its conv_seq; `last_count` is raised
+//! by each fan-out (for hot conversations, read from the Cache head) and `read_count` moves
+//! forward with `read_seq`. One's own messages do not count: sending marks the conversation
+//! read up to the message sent.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -49,7 +52,7 @@ fn activity_key(row: &UserConversationRow) -> u64 {
 }
 
 fn unread(row: &UserConversationRow) -> u64 {
-    row.last_seq.saturating_sub(row.read_seq)
+    row.last_count.saturating_sub(row.read_count)
 }
 
 fn encode_page_token(activity: u64, conversation_id: &str) -> String {
@@ -91,8 +94,8 @@ impl Timeline {
         });
         for (&i, head) in hot.iter().zip(heads) {
             let row = &mut rows[i];
-            let (last_seq, last_message_id) = match head {
-                Some(h) => (h.last_seq, h.last_message_id),
+            let (last_seq, last_message_id, last_count) = match head {
+                Some(h) => (h.last_seq, h.last_message_id, h.last_count),
                 None => {
                     let last = self
                         .read_bound(&SeqKey::Conversation(row.conversation_id.clone()))
@@ -107,15 +110,21 @@ impl Timeline {
                             1,
                         )
                         .await?;
-                    newest
-                        .first()
-                        .map_or((0, 0), |m| (m.conv_seq, m.message_id))
+                    match newest.first() {
+                        Some(m) => (
+                            m.conv_seq,
+                            m.message_id,
+                            self.count_at(&row.conversation_id, m.conv_seq).await?,
+                        ),
+                        None => (0, 0, 0),
+                    }
                 }
             };
             if last_seq > row.last_seq {
                 row.last_seq = last_seq;
                 row.last_message_id = last_message_id;
             }
+            row.last_count = row.last_count.max(last_count);
         }
         Ok(())
     }
@@ -134,13 +143,15 @@ impl Timeline {
         if let Some(row) = state.as_mut() {
             self.with_hot_activity(std::slice::from_mut(row)).await?;
         }
-        let (last_seq, read_seq) = state.as_ref().map_or((0, 0), |s| (s.last_seq, s.read_seq));
+        let (last_seq, read_seq, unread) = state
+            .as_ref()
+            .map_or((0, 0, 0), |s| (s.last_seq, s.read_seq, unread(s)));
         Ok(ConversationView {
             conversation,
             membership,
             last_seq,
             read_seq,
-            unread: last_seq.saturating_sub(read_seq),
+            unread,
         })
     }
 
@@ -222,8 +233,8 @@ impl Timeline {
         })
     }
 
-    /// Moves the caller's read_seq forward to `seq` (capped at the last message); returns the
-    /// read_seq and unread count after the call.
+    /// Moves the caller's read_seq forward to `seq` (capped at the last message), and the read
+    /// count with it; returns the read_seq and unread count after the call.
     pub async fn mark_read(
         &self,
         caller: &Caller,
@@ -242,17 +253,25 @@ impl Timeline {
         self.with_hot_activity(std::slice::from_mut(&mut row))
             .await?;
         // Hot conversations' last_seq comes from the Cache head, not the stored row.
-        let last_seq = row.last_seq;
+        let (last_seq, last_count) = (row.last_seq, row.last_count);
+        let seq = seq.min(last_seq);
+        let count = if seq == last_seq {
+            last_count
+        } else if seq <= row.read_seq {
+            row.read_count
+        } else {
+            self.count_at(id, seq).await?
+        };
         let updated = self
             .store
-            .advance_read_seq(&caller.user_id, id, seq.min(last_seq))
+            .advance_read_seq(&caller.user_id, id, seq, count)
             .await?
             .ok_or_else(|| not_a_member(id))?;
         Ok((
             updated.read_seq,
-            last_seq
-                .max(updated.last_seq)
-                .saturating_sub(updated.read_seq),
+            last_count
+                .max(updated.last_count)
+                .saturating_sub(updated.read_count),
         ))
     }
 }

@@ -188,6 +188,13 @@ impl Timeline {
             }
         };
         let mode = mode_of(conversation);
+        // Nothing before the join counts as unread. A message allocated below joined_seq and
+        // not yet written counts once for the joiner until read.
+        let count = if joined_seq > 1 {
+            self.count_at(id, joined_seq - 1).await?
+        } else {
+            0
+        };
         let members: Vec<MemberRow> = users
             .into_iter()
             .map(|(user_id, role)| MemberRow {
@@ -213,6 +220,8 @@ impl Timeline {
                 read_seq: joined_seq - 1,
                 joined_seq,
                 joined_at_ms: now,
+                last_count: count,
+                read_count: count,
             })
             .collect();
         let writes: Vec<_> = members

@@ -32,7 +32,8 @@ pub(crate) fn encode_message(message: &MessageRow) -> TimelineResult<bytes::Byte
 }
 
 pub(crate) fn decode_message(payload: &[u8]) -> TimelineResult<MessageRow> {
-    postcard::from_bytes(payload).map_err(|e| {
+    // A window may still hold entries a node of an older version appended.
+    crate::model::decode_with_appended_fields(payload).map_err(|e| {
         TimelineError::Store(StoreError::Corrupt(format!(
             "decoding a hot window entry: {e}"
         )))
@@ -70,6 +71,7 @@ impl Timeline {
                 &message.conversation_id,
                 entry,
                 message.message_id,
+                message.count_seq,
                 self.limits.hot_window,
                 self.clock.now_ms(),
             )
@@ -152,6 +154,7 @@ impl Timeline {
                 last_message_id: message.message_id,
                 // Sending marks everything up to one's own message as read.
                 read_seq: (*user == message.sender_id).then_some(message.conv_seq),
+                count_seq: message.count_seq,
                 inbox_seq: *seq,
             })
             .collect();
@@ -226,6 +229,7 @@ impl Timeline {
                 &message.sender_id,
                 &message.conversation_id,
                 message.conv_seq,
+                message.count_seq,
             )
             .await?;
         if clear_outbox {
@@ -470,6 +474,10 @@ mod tests {
             body: bytes::Bytes::from_static(b"hi"),
             created_at_ms: clock.now_ms(),
             kind: MessageKind::User,
+            count_seq: 1,
+            target_message_id: 0,
+            edited_at_ms: 0,
+            recalled_at_ms: 0,
         };
         store
             .write_message(&MessageWrite {

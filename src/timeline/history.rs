@@ -68,6 +68,7 @@ impl Timeline {
             .await?;
         let has_more = messages.len() > limit;
         messages.truncate(limit);
+        self.mask_hidden(&caller.user_id, &mut messages).await?;
         let next_before_seq = messages.last().map_or(0, |m| m.conv_seq);
         Ok(HistoryPage {
             messages,

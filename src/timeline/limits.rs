@@ -69,6 +69,13 @@ pub struct Limits {
     /// How often the recovery loop re-drives the outbox and sweeps abandoned seqs.
     #[serde(with = "crate::units::human")]
     pub recovery_interval: Duration,
+    /// How long after sending its sender may recall a message (owners and admins of a group
+    /// may recall any message at any time).
+    #[serde(with = "crate::units::human")]
+    pub recall_window: Duration,
+    /// How long after sending its sender may edit a message.
+    #[serde(with = "crate::units::human")]
+    pub edit_window: Duration,
     /// A deliberately broken pipeline, to prove the property test catches it.
     #[cfg(test)]
     #[serde(skip)]
@@ -105,6 +112,13 @@ pub(crate) enum Broken {
     /// Slowmode is checked after the durable write, so a refused send leaves its message (and
     /// its outbox entry, which recovery delivers).
     SlowmodeAfterWrite,
+    /// A recall or edit changes the stored message only: no entry tells the devices that
+    /// already hold it.
+    ChangeWithoutEntry,
+    /// Recall and edit entries take a count, as if they were messages to read.
+    ChangesCountAsUnread,
+    /// Delete-for-me is answered but not stored: the user still sees the messages.
+    HiddenStillShown,
 }
 
 impl Default for Limits {
@@ -138,6 +152,8 @@ impl Default for Limits {
             hot_conversation_send_burst: 500,
             send_claim_wait: Duration::from_secs(2),
             recovery_interval: Duration::from_secs(1),
+            recall_window: Duration::from_secs(120),
+            edit_window: Duration::from_secs(24 * 3600),
             send_fence_wait: Duration::from_secs(2),
             #[cfg(test)]
             broken: None,

@@ -4,7 +4,7 @@
 
 use super::Timeline;
 use super::error::TimelineResult;
-use crate::store::{MessageRow, ReadOrder, SeqRange};
+use crate::store::{MessageKind, MessageRow, ReadOrder, SeqRange};
 
 impl Timeline {
     /// Rows of `messages` with conv_seq in `from..=to`, ascending, at most `limit`, walking the
@@ -79,6 +79,49 @@ impl Timeline {
                 16,
             )
             .await?)
+    }
+
+    /// The conversation's count (`MessageRow::count_seq`) through conv_seq `seq`: what a
+    /// reader at `seq` has read. That of the first message above it less its own (which also
+    /// covers counts taken by seqs abandoned in between, which no message shows); with nothing
+    /// written above, that of the newest row at or below it that carries one.
+    pub(crate) async fn count_at(&self, conversation_id: &str, seq: u64) -> TimelineResult<u64> {
+        let bound = self
+            .read_bound(&crate::cache::SeqKey::Conversation(
+                conversation_id.to_owned(),
+            ))
+            .await?;
+        if seq < bound {
+            let above = self
+                .read_messages_ascending(conversation_id, seq + 1, bound, 16)
+                .await?;
+            if let Some(next) = above.iter().find(|m| m.kind != MessageKind::Hole) {
+                return Ok(next
+                    .count_seq
+                    .saturating_sub(u64::from(next.kind.counts_as_unread())));
+            }
+        }
+        let mut bucket = self.bucket(seq);
+        loop {
+            let range = SeqRange {
+                from: bucket * self.limits.bucket_size,
+                to: seq,
+            };
+            let rows = self
+                .store
+                .read_messages(conversation_id, bucket, range, ReadOrder::Descending, 16)
+                .await?;
+            if let Some(m) = rows
+                .iter()
+                .find(|m| m.kind != MessageKind::Hole || m.count_seq > 0)
+            {
+                return Ok(m.count_seq);
+            }
+            if bucket == 0 || rows.len() == 16 {
+                return Ok(0);
+            }
+            bucket -= 1;
+        }
     }
 
     pub(crate) fn bucket(&self, seq: u64) -> u64 {

@@ -30,13 +30,44 @@ impl Timeline {
         conv_seq: u64,
         found_by: &'static str,
     ) -> TimelineResult<Filled> {
-        let hole = hole_message(conversation_id, conv_seq, self.clock.now_ms());
+        let mut hole = hole_message(conversation_id, conv_seq, self.clock.now_ms());
+        hole.count_seq = self.count_of_abandoned(conversation_id, conv_seq).await?;
         let present = self.store.insert_hole_if_slot_empty(&hole).await?;
         if !present.is_empty() {
             return Ok(Filled::Present(present));
         }
         ::metrics::counter!(metrics::HOLES_FILLED, "found_by" => found_by).increment(1);
         Ok(Filled::Hole(hole))
+    }
+
+    /// The count through an abandoned seq, which its allocation may have raised (a user
+    /// message's) though no message shows it: carried by the hole, so that a reader who reads
+    /// up to it has read that count too. From the first message above it; when nothing was
+    /// allocated after it, the sequencer's count; else 0 (unknown: the message above will
+    /// tell when it lands).
+    async fn count_of_abandoned(&self, conversation_id: &str, seq: u64) -> TimelineResult<u64> {
+        let id = conversation_id.to_owned();
+        let current = self.cache.current(&SeqKey::Conversation(id.clone())).await;
+        if matches!(current, Ok(Some(last)) if last == seq) {
+            return Ok(self
+                .cache
+                .current(&SeqKey::Count(id))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0));
+        }
+        let bound = current.ok().flatten().unwrap_or(seq);
+        let above = self
+            .read_messages_ascending(conversation_id, seq + 1, bound, 16)
+            .await?;
+        Ok(above
+            .iter()
+            .find(|m| m.kind != MessageKind::Hole)
+            .map_or(0, |next| {
+                next.count_seq
+                    .saturating_sub(u64::from(next.kind.counts_as_unread()))
+            }))
     }
 
     /// Adds a repaired entry (a hole) to the conversation's window if it has one. A window

@@ -20,7 +20,7 @@ use super::ids::{
     MAX_CLIENT_MSG_ID_LEN, MAX_CONTENT_TYPE_LEN, validate_conversation_id, validate_token,
 };
 use super::{Broken, Caller, Timeline};
-use crate::cache::{CacheError, SeqKey, SeqRequest};
+use crate::cache::CacheError;
 use crate::metrics;
 use crate::store::*;
 
@@ -45,27 +45,64 @@ pub struct SendMessage {
 
 impl Timeline {
     pub async fn send(&self, caller: &Caller, req: SendMessage) -> TimelineResult<MessageRow> {
-        validate_conversation_id(&req.conversation_id)?;
-        validate_token("client_msg_id", &req.client_msg_id, MAX_CLIENT_MSG_ID_LEN)?;
-        validate_token("content_type", &req.content_type, MAX_CONTENT_TYPE_LEN)?;
-        if req.body.len() > self.limits.max_body_bytes {
-            return Err(invalid(format!(
-                "body is {} bytes, more than the limit of {}",
-                req.body.len(),
-                self.limits.max_body_bytes
-            )));
-        }
+        self.validate_content(
+            &req.conversation_id,
+            &req.client_msg_id,
+            &req.content_type,
+            &req.body,
+        )?;
         let (conversation, role) = self
             .conversation_for_send(caller, &req.conversation_id)
             .await?;
+        self.append(caller, &conversation, role, req, MessageKind::User, 0)
+            .await
+    }
+
+    /// The checks of what a client sends as a message's content (a send's, an edit's).
+    pub(crate) fn validate_content(
+        &self,
+        conversation_id: &str,
+        client_msg_id: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> TimelineResult<()> {
+        validate_conversation_id(conversation_id)?;
+        validate_token("client_msg_id", client_msg_id, MAX_CLIENT_MSG_ID_LEN)?;
+        validate_token("content_type", content_type, MAX_CONTENT_TYPE_LEN)?;
+        if body.len() > self.limits.max_body_bytes {
+            return Err(invalid(format!(
+                "body is {} bytes, more than the limit of {}",
+                body.len(),
+                self.limits.max_body_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends one entry to the conversation through the send pipeline (the steps in the
+    /// module docs): a user message, or a change to one (`target_message_id`) that travels to
+    /// every device the way messages do. Idempotent by `req.client_msg_id`; rate limits and
+    /// slowmode apply to user messages only.
+    pub(crate) async fn append(
+        &self,
+        caller: &Caller,
+        conversation: &ConversationRow,
+        role: Role,
+        req: SendMessage,
+        kind: MessageKind,
+        target_message_id: u64,
+    ) -> TimelineResult<MessageRow> {
         let idempotent = !req.client_msg_id.is_empty();
         if idempotent && let Some(first) = self.replay(caller, &req).await? {
             return Ok(first);
         }
         // After the replay: a retry of a message already sent costs no quota.
-        self.admit_send_rate(&conversation).await?;
-        if !self.broken(Broken::SlowmodeAfterWrite) {
-            self.admit_slowmode(&conversation, role, caller).await?;
+        let user_message = kind == MessageKind::User;
+        if user_message {
+            self.admit_send_rate(conversation).await?;
+            if !self.broken(Broken::SlowmodeAfterWrite) {
+                self.admit_slowmode(conversation, role, caller).await?;
+            }
         }
 
         let now = self.clock.now_ms();
@@ -91,7 +128,11 @@ impl Timeline {
             content_type,
             body: req.body,
             created_at_ms: 0,
-            kind: MessageKind::User,
+            kind,
+            count_seq: 0,
+            target_message_id,
+            edited_at_ms: 0,
+            recalled_at_ms: 0,
         };
         // Only fan-out needs the outbox (a hot message is read from `messages` itself); the
         // mode read here is a hint, the one read after the write decides.
@@ -101,8 +142,14 @@ impl Timeline {
         // A write that lands later than gap_grace/2 after its seq was allocated may have been
         // given up by a reader as abandoned: it is written again under a fresh seq.
         for attempt in 0.. {
-            message.conv_seq = match self.allocate_conv_seq(&message.conversation_id).await {
-                Ok(seq) => seq,
+            (message.conv_seq, message.count_seq) = match self
+                .allocate_conv_seq(
+                    &message.conversation_id,
+                    kind.counts_as_unread() || self.broken(Broken::ChangesCountAsUnread),
+                )
+                .await
+            {
+                Ok(seqs) => seqs,
                 Err(e) => {
                     if idempotent && attempt == 0 {
                         // It failed before writing anything: the retry may proceed at once.
@@ -139,21 +186,23 @@ impl Timeline {
                 }
                 return Err(e.into());
             }
-            if self.broken(Broken::SlowmodeAfterWrite) {
-                self.admit_slowmode(&conversation, role, caller).await?;
+            if user_message && self.broken(Broken::SlowmodeAfterWrite) {
+                self.admit_slowmode(conversation, role, caller).await?;
             }
             if !self.late(message.created_at_ms) || attempt == MAX_LATE_REWRITES {
                 break;
             }
             ::metrics::counter!(metrics::LATE_REWRITES, "what" => "message").increment(1);
-            abandoned.push(message.conv_seq);
+            abandoned.push((message.conv_seq, message.count_seq));
         }
         let conversation = self.deliver(&message, with_outbox).await?;
         // A seq given up by a late rewrite holds a stale copy in `messages` (hot readers turn
         // the second copy into a hole); fan-out readers get a hole for it explicitly.
-        for seq in abandoned {
+        for (seq, count) in abandoned {
             if conversation.mode_at(seq) == DeliveryMode::Fanout {
-                let hole = hole_message(&message.conversation_id, seq, self.clock.now_ms());
+                let mut hole = hole_message(&message.conversation_id, seq, self.clock.now_ms());
+                // The count the first attempt took: a reader past the hole has read it.
+                hole.count_seq = count;
                 self.fan_out(&hole, &[]).await?;
             }
         }
@@ -268,17 +317,18 @@ impl Timeline {
         }
     }
 
-    /// The next conv_seq. While a mode switch fences the conversation (for the one Store write
-    /// that publishes its span), waits up to `send_fence_wait` for it to lift.
-    async fn allocate_conv_seq(&self, conversation_id: &str) -> TimelineResult<u64> {
-        let request = SeqRequest {
-            key: SeqKey::Conversation(conversation_id.to_owned()),
-            count: 1,
-        };
+    /// The next conv_seq and the conversation's count after it. While a mode switch fences the
+    /// conversation (for the one Store write that publishes its span), waits up to
+    /// `send_fence_wait` for it to lift.
+    async fn allocate_conv_seq(
+        &self,
+        conversation_id: &str,
+        countable: bool,
+    ) -> TimelineResult<(u64, u64)> {
         let waited = tokio::time::Instant::now();
         loop {
-            match self.allocate(std::slice::from_ref(&request)).await {
-                Ok(seqs) => return Ok(seqs[0]),
+            match self.allocate_message_seqs(conversation_id, countable).await {
+                Ok(seqs) => return Ok(seqs),
                 Err(TimelineError::Cache(CacheError::Fenced(_)))
                     if waited.elapsed() < self.limits.send_fence_wait =>
                 {
@@ -336,7 +386,7 @@ impl Timeline {
 
     /// The first result of this `(sender, client_msg_id)`, completing its fan-out if a crash
     /// left it pending, so that the retry's ack means delivered just like the first's.
-    async fn replay(
+    pub(crate) async fn replay(
         &self,
         caller: &Caller,
         req: &SendMessage,

@@ -44,6 +44,37 @@ impl Timeline {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// The next conv_seq of the conversation and its count after this message (see
+    /// `Cache::allocate_message`), re-seeding both from the Store when the Cache lost them.
+    pub(crate) async fn allocate_message_seqs(
+        &self,
+        conversation_id: &str,
+        countable: bool,
+    ) -> TimelineResult<(u64, u64)> {
+        let now = self.clock.now_ms();
+        if let Some(seqs) = self
+            .cache
+            .allocate_message(conversation_id, countable, now)
+            .await?
+        {
+            return Ok(seqs);
+        }
+        // Seeding is `SET NX`: a key that kept its state keeps it.
+        let (seq_key, count_key) = (
+            SeqKey::Conversation(conversation_id.to_owned()),
+            SeqKey::Count(conversation_id.to_owned()),
+        );
+        futures::try_join!(self.seed(&seq_key), self.seed(&count_key))?;
+        self.cache
+            .allocate_message(conversation_id, countable, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| {
+                TimelineError::Cache(crate::cache::CacheError::Unavailable(
+                    "sequencer lost its state again while re-seeding".into(),
+                ))
+            })
+    }
+
     /// The key's last handed-out value, re-seeding it from the Store when the Cache lost it.
     pub(crate) async fn current_seq(&self, key: &SeqKey) -> TimelineResult<u64> {
         if let Some(v) = self.cache.current(key).await? {
@@ -100,6 +131,7 @@ impl Timeline {
         Ok(match key {
             SeqKey::Conversation(c) => self.store.last_conv_seq(c).await?,
             SeqKey::Inbox(u) => self.store.last_inbox_seq(u).await?,
+            SeqKey::Count(c) => self.store.last_count(c).await?,
         })
     }
 

@@ -214,7 +214,7 @@ impl Timeline {
             let Some(message) = message else { break };
             if seen.insert(message.message_id) || self.broken(Broken::MergeWithoutDedupe) {
                 messages.push(message);
-            } else if from_hot && message.kind == MessageKind::User {
+            } else if from_hot && message.kind != MessageKind::Hole {
                 // A hot source delivers each conv_seq once, so a second copy sits under
                 // another conv_seq (a late write rewritten): that seq is reported as a hole,
                 // keeping the sequence contiguous.
@@ -274,6 +274,8 @@ impl Timeline {
         };
         next.set_hot(&positions, &hot_ids);
         next.remember(messages.iter().map(|m| m.message_id));
+        let mut messages = with_changes_applied(messages);
+        self.mask_hidden(user, &mut messages).await?;
         Ok(SyncPage {
             messages,
             next_cursor: next.encode(user),
@@ -293,6 +295,36 @@ impl Timeline {
         // Partial rows (an activity raise racing a leave) are not memberships.
         Ok(rows.into_iter().filter(|r| r.joined_seq > 0).collect())
     }
+}
+
+/// Copies (inbox rows, hot window entries) hold a message as it was delivered. Within one
+/// page, a recall or edit is applied to its target as well, so a device reading afresh does
+/// not show what was recalled in the same page; the entries themselves stay (a device that
+/// already holds the target applies them), and a change in a later page reaches the device
+/// as that page's entry. A copy of a recalled message never shows its body.
+fn with_changes_applied(mut messages: Vec<MessageRow>) -> Vec<MessageRow> {
+    let changes: Vec<(String, u64, MessageChange)> = messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::Recall | MessageKind::Edit))
+        .map(|m| {
+            (
+                m.conversation_id.clone(),
+                m.target_message_id,
+                super::lifecycle::change_of(m),
+            )
+        })
+        .collect();
+    for m in &mut messages {
+        for (conversation_id, target, change) in &changes {
+            if m.message_id == *target && m.conversation_id == *conversation_id {
+                change.apply(m);
+            }
+        }
+        if m.recalled() {
+            m.body = bytes::Bytes::new();
+        }
+    }
+    messages
 }
 
 /// Whether a hot conversation may have something after `position` (unknown: yes).

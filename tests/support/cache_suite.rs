@@ -128,6 +128,72 @@ pub async fn fences_hold_back_a_conversations_allocations_until_lifted(cache: &d
     );
 }
 
+pub async fn messages_allocate_their_seq_and_count_together(cache: &dyn Cache) {
+    let ttl = Duration::from_secs(30);
+    assert_eq!(
+        cache.allocate_message("g:m", true, 1).await.unwrap(),
+        None,
+        "no state: nothing allocated"
+    );
+    cache
+        .seed(&SeqKey::Conversation("g:m".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.allocate_message("g:m", true, 1).await.unwrap(),
+        None,
+        "the count has no state yet"
+    );
+    assert_eq!(
+        cache
+            .current(&SeqKey::Conversation("g:m".into()))
+            .await
+            .unwrap(),
+        Some(10),
+        "nothing was allocated"
+    );
+    cache.seed(&SeqKey::Count("g:m".into()), 4).await.unwrap();
+    assert_eq!(
+        cache.allocate_message("g:m", true, 1).await.unwrap(),
+        Some((11, 5))
+    );
+    assert_eq!(
+        cache.allocate_message("g:m", false, 1).await.unwrap(),
+        Some((12, 5)),
+        "an entry that does not count takes a seq and keeps the count"
+    );
+    assert_eq!(
+        cache.allocate_message("g:m", true, 1).await.unwrap(),
+        Some((13, 6))
+    );
+    assert_eq!(
+        cache.current(&SeqKey::Count("g:m".into())).await.unwrap(),
+        Some(6)
+    );
+    // The conversation's fence holds them back like any conv_seq allocation.
+    assert_eq!(cache.fence("g:m", 1, ttl).await.unwrap(), Some(13));
+    assert!(matches!(
+        cache.allocate_message("g:m", true, 1).await,
+        Err(CacheError::Fenced(_))
+    ));
+    cache.unfence("g:m", 1).await.unwrap();
+    assert_eq!(
+        cache.allocate_message("g:m", true, 1).await.unwrap(),
+        Some((14, 7))
+    );
+    // Concurrent allocations: a higher seq never has a lower count.
+    let all =
+        futures::future::join_all((0..40).map(|i| cache.allocate_message("g:m", i % 3 != 0, 1)))
+            .await;
+    let mut pairs: Vec<(u64, u64)> = all.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    pairs.sort();
+    assert!(
+        pairs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+    );
+}
+
 pub async fn claims_are_exclusive_until_they_expire(cache: &dyn Cache) {
     assert_eq!(
         cache
@@ -235,13 +301,13 @@ pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cach
     assert_eq!(cache.hot_read("g:h", 0, 10).await.unwrap(), None);
     for seq in 1..=7u64 {
         cache
-            .hot_append("g:h", entry(seq), 100 + seq, 5, 1000 + seq as i64)
+            .hot_append("g:h", entry(seq), 100 + seq, seq, 5, 1000 + seq as i64)
             .await
             .unwrap();
     }
     // Out of order and a second message at one seq (after a sequencer reset): both kept.
     cache
-        .hot_append("g:h", entry(6), 999, 5, 2000)
+        .hot_append("g:h", entry(6), 999, 0, 5, 2000)
         .await
         .unwrap();
     let window = cache.hot_read("g:h", 0, 100).await.unwrap().unwrap();
@@ -263,6 +329,10 @@ pub async fn hot_windows_keep_the_newest_entries_and_their_head(cache: &dyn Cach
     assert_eq!(
         (head.last_seq, head.last_message_id, head.last_activity_ms),
         (7, 107, 2000)
+    );
+    assert_eq!(
+        head.last_count, 7,
+        "the highest count (a hole's 0 leaves it)"
     );
     assert_eq!(heads[1], None);
     assert_eq!(heads[2], heads[0]);
@@ -505,6 +575,7 @@ macro_rules! cache_conformance_suite {
     ($factory:expr) => {
         $crate::cache_conformance_suite!(@tests $factory;
             sequences_allocate_ranges_for_many_keys_after_seeding,
+            messages_allocate_their_seq_and_count_together,
             claims_are_exclusive_until_they_expire,
             a_claim_is_extended_only_by_its_holder,
             rates_admit_a_burst_then_one_per_period,

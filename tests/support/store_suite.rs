@@ -21,6 +21,10 @@ pub fn message(conversation_id: &str, conv_seq: u64, message_id: u64) -> Message
         body: Bytes::from(format!("body {message_id}")),
         created_at_ms: 1_700_000_000_000 + message_id as i64,
         kind: MessageKind::User,
+        count_seq: conv_seq,
+        target_message_id: 0,
+        edited_at_ms: 0,
+        recalled_at_ms: 0,
     }
 }
 
@@ -50,6 +54,8 @@ fn user_conversation(user: &str, conv: &str) -> UserConversationRow {
         read_seq: 0,
         joined_seq: 1,
         joined_at_ms: 5,
+        last_count: 0,
+        read_count: 0,
     }
 }
 
@@ -271,19 +277,32 @@ pub async fn user_conversations_read_state_only_moves_forward(store: &dyn Store)
     );
 
     let row = store
-        .advance_read_seq("alice", "g:a", 5)
+        .advance_read_seq("alice", "g:a", 5, 4)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.read_seq, 5);
+    assert_eq!((row.read_seq, row.read_count), (5, 4));
     let row = store
-        .advance_read_seq("alice", "g:a", 3)
+        .advance_read_seq("alice", "g:a", 3, 2)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.read_seq, 5, "read_seq never moves back");
     assert_eq!(
-        store.advance_read_seq("alice", "g:nope", 3).await.unwrap(),
+        (row.read_seq, row.read_count),
+        (5, 4),
+        "read_seq and read_count never move back"
+    );
+    let stored = store
+        .get_user_conversation("alice", "g:a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.read_seq, stored.read_count), (5, 4));
+    assert_eq!(
+        store
+            .advance_read_seq("alice", "g:nope", 3, 3)
+            .await
+            .unwrap(),
         None
     );
     store.remove_member("g:a", "alice").await.unwrap();
@@ -421,6 +440,92 @@ pub async fn messages_read_by_range_in_both_orders(store: &dyn Store) {
     assert_eq!(store.last_conv_seq("g:a").await.unwrap(), 40);
     assert_eq!(store.last_conv_seq("g:ab").await.unwrap(), 1);
     assert_eq!(store.last_conv_seq("g:none").await.unwrap(), 0);
+    assert_eq!(store.last_count("g:a").await.unwrap(), 40);
+    assert_eq!(store.last_count("g:none").await.unwrap(), 0);
+    // A hole above the last message has no count: the count stays the message's.
+    assert!(
+        store
+            .insert_hole_if_slot_empty(&hole_message("g:a", 41, 5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.last_conv_seq("g:a").await.unwrap(), 41);
+    assert_eq!(store.last_count("g:a").await.unwrap(), 40);
+}
+
+pub async fn messages_change_in_place_and_changes_converge(store: &dyn Store) {
+    let at = |seq: u64| async move {
+        store
+            .read_messages(
+                "g:c",
+                seq / BUCKET,
+                SeqRange { from: seq, to: seq },
+                ReadOrder::Ascending,
+                10,
+            )
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    let mut entry = message("g:c", 3, 3003);
+    entry.kind = MessageKind::Edit;
+    entry.target_message_id = 3001;
+    entry.count_seq = 2;
+    for m in [message("g:c", 1, 3001), message("g:c", 2, 3002), entry] {
+        write_plain(store, &m).await;
+    }
+    let edited = at(3).await;
+    assert_eq!(
+        (edited.kind, edited.target_message_id, edited.count_seq),
+        (MessageKind::Edit, 3001, 2),
+        "a change entry keeps its kind, target and count"
+    );
+    let base = message("g:c", 1, 3001).created_at_ms;
+    let edit = |body: &str, at_ms: i64| MessageChange::Edit {
+        content_type: "text/markdown".into(),
+        body: Bytes::from(body.to_owned()),
+        at_ms,
+    };
+    store
+        .update_message("g:c", 1, 3001, &edit("second", base + 2_000))
+        .await
+        .unwrap();
+    // An older edit arriving later does not win.
+    store
+        .update_message("g:c", 1, 3001, &edit("first", base + 1_000))
+        .await
+        .unwrap();
+    let m = at(1).await;
+    assert_eq!(
+        (m.body.clone(), m.content_type.as_str(), m.edited_at_ms),
+        (Bytes::from("second"), "text/markdown", base + 2_000)
+    );
+    assert_eq!((m.sender_id.as_str(), m.count_seq), ("alice", 1));
+    store
+        .update_message(
+            "g:c",
+            1,
+            3001,
+            &MessageChange::Recall {
+                at_ms: base + 3_000,
+            },
+        )
+        .await
+        .unwrap();
+    // An edit after the recall (a race the pipeline lost) does not bring the body back.
+    store
+        .update_message("g:c", 1, 3001, &edit("again", base + 4_000))
+        .await
+        .unwrap();
+    let m = at(1).await;
+    assert!(m.recalled(), "recalled");
+    assert!(m.body.is_empty(), "a recalled message has no body");
+    assert_eq!(
+        at(2).await.body,
+        Bytes::from("body 3002"),
+        "others untouched"
+    );
 }
 
 pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn Store) {
@@ -450,6 +555,7 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
         last_seq: m.conv_seq,
         last_message_id: m.message_id,
         read_seq: read,
+        count_seq: m.count_seq,
         inbox_seq,
     };
     store
@@ -487,12 +593,30 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
         (bob.last_seq, bob.last_message_id, bob.read_seq),
         (5, 105, 0)
     );
+    assert_eq!((bob.last_count, bob.read_count), (5, 0));
     let alice = store
         .get_user_conversation("alice", "g:a")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((alice.last_seq, alice.read_seq), (5, 5));
+    assert_eq!((alice.last_count, alice.read_count), (5, 5));
+    // A hole's fan-out (count 0) raises last_seq and leaves the count.
+    let hole = hole_message("g:a", 6, 9);
+    store
+        .write_fanout(&FanoutWrite {
+            inbox: vec![inbox("bob", 3, &hole)],
+            activity: vec![activity("bob", &hole, None, 3)],
+            clear_pending: None,
+        })
+        .await
+        .unwrap();
+    let bob = store
+        .get_user_conversation("bob", "g:a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((bob.last_seq, bob.last_count), (6, 5));
     let carol = store.get_user_conversation("carol", "g:a").await.unwrap();
     assert!(
         carol.is_none_or(|r| r.joined_seq == 0),
@@ -507,7 +631,7 @@ pub async fn fanout_writes_inbox_raises_activity_and_clears_outbox(store: &dyn S
         rows.iter()
             .map(|r| r.message.message_id)
             .collect::<Vec<_>>(),
-        [105, 104]
+        [105, 104, hole.message_id]
     );
 }
 
@@ -793,6 +917,54 @@ pub async fn modes_only_rise_for_users_and_holes_fill_only_empty_slots(store: &d
     assert!(hole.message_id >> 63 == 1, "never a snowflake");
 }
 
+pub async fn hidden_messages_are_kept_per_user_and_conversation(store: &dyn Store) {
+    store
+        .hide_messages("alice", "g:h", &[(3, 30), (1, 10), (7, 70)])
+        .await
+        .unwrap();
+    // Again, and another user, another conversation, and g:h's prefix as another id.
+    store
+        .hide_messages("alice", "g:h", &[(3, 30)])
+        .await
+        .unwrap();
+    store.hide_messages("bob", "g:h", &[(2, 20)]).await.unwrap();
+    store
+        .hide_messages("alice", "g:hh", &[(2, 22)])
+        .await
+        .unwrap();
+    let all = SeqRange {
+        from: 0,
+        to: u64::MAX >> 1,
+    };
+    assert_eq!(
+        store.list_hidden("alice", "g:h", all, 100).await.unwrap(),
+        [(1, 10), (3, 30), (7, 70)]
+    );
+    assert_eq!(
+        store
+            .list_hidden("alice", "g:h", SeqRange { from: 2, to: 7 }, 100)
+            .await
+            .unwrap(),
+        [(3, 30), (7, 70)],
+        "an inclusive range"
+    );
+    assert_eq!(
+        store.list_hidden("alice", "g:h", all, 1).await.unwrap(),
+        [(1, 10)]
+    );
+    assert_eq!(
+        store.list_hidden("bob", "g:h", all, 100).await.unwrap(),
+        [(2, 20)]
+    );
+    assert!(
+        store
+            .list_hidden("carol", "g:h", all, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn push_targets_are_kept_per_device_and_the_newest_registration_wins(store: &dyn Store) {
     let target = |device: &str, token: &str, at: i64| PushTargetRow {
         user_id: "alice".into(),
@@ -862,11 +1034,13 @@ macro_rules! store_conformance_suite {
             user_conversations_read_state_only_moves_forward,
             message_write_is_one_unit_with_outbox_and_idempotency,
             messages_read_by_range_in_both_orders,
+            messages_change_in_place_and_changes_converge,
             fanout_writes_inbox_raises_activity_and_clears_outbox,
             inbox_reads_after_a_position_per_user_and_bucket,
             outbox_is_listed_per_time_bucket_and_shard,
             modes_only_rise_for_users_and_holes_fill_only_empty_slots,
             push_targets_are_kept_per_device_and_the_newest_registration_wins,
+            hidden_messages_are_kept_per_user_and_conversation,
         );
     };
     (@tests $attrs:tt $factory:path; $($name:ident),* $(,)?) => {

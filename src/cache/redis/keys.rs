@@ -57,6 +57,12 @@ impl Keys {
         format!("{}:{{c{shard}}}:verified:{conversation_id}", self.prefix)
     }
 
+    /// Beside the conversation's sequencer (same slot: one script updates both).
+    pub fn conversation_count(&self, conversation_id: &str) -> String {
+        let shard = conversation_shard(conversation_id);
+        format!("{}:{{c{shard}}}:count:{conversation_id}", self.prefix)
+    }
+
     pub fn inbox_seq(&self, user_id: &str) -> String {
         format!("{}:{{u:{user_id}}}:seq", self.prefix)
     }

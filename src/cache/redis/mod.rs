@@ -103,6 +103,7 @@ pub struct RedisCache {
 
 struct Scripts {
     allocate: Script,
+    allocate_message: Script,
     fence: Script,
     release_claim: Script,
     extend_claim: Script,
@@ -120,6 +121,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             allocate: Script::new(scripts::ALLOCATE),
+            allocate_message: Script::new(scripts::ALLOCATE_MESSAGE),
             fence: Script::new(scripts::FENCE),
             release_claim: Script::new(scripts::RELEASE_CLAIM),
             extend_claim: Script::new(scripts::EXTEND_CLAIM),
@@ -134,9 +136,10 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 13] {
         [
             &self.allocate,
+            &self.allocate_message,
             &self.fence,
             &self.release_claim,
             &self.extend_claim,
@@ -340,6 +343,7 @@ impl RedisCache {
         match key {
             SeqKey::Conversation(c) => self.keys.conversation_seq(c),
             SeqKey::Inbox(u) => self.keys.inbox_seq(u),
+            SeqKey::Count(c) => self.keys.conversation_count(c),
         }
     }
 }
@@ -406,6 +410,11 @@ impl Cache for RedisCache {
                         &[&self.keys.inbox_seq(u)],
                         &[&count, &now, b"", &ttl],
                     ),
+                    SeqKey::Count(c) => eval(
+                        &self.scripts.allocate,
+                        &[&self.keys.conversation_count(c)],
+                        &[&count, &now, b"", &ttl],
+                    ),
                 }
             })
             .collect();
@@ -415,6 +424,31 @@ impl Cache for RedisCache {
             .zip(lasts)
             .map(|(r, last)| last.map(|last| last + 1 - r.count))
             .collect())
+    }
+
+    async fn allocate_message(
+        &self,
+        conversation_id: &str,
+        countable: bool,
+        now_ms: i64,
+    ) -> CacheResult<Option<(u64, u64)>> {
+        let c = conversation_id;
+        let cmd = eval(
+            &self.scripts.allocate_message,
+            &[
+                &self.keys.conversation_seq(c),
+                &self.keys.conversation_count(c),
+                &self.keys.active_of(c),
+                &self.keys.fence(c),
+            ],
+            &[
+                &num(u64::from(countable)),
+                &num(now_ms),
+                c.as_bytes(),
+                &num(ms(SEQ_IDLE_TTL)),
+            ],
+        );
+        self.run_one(cmd).await
     }
 
     async fn fence(
@@ -520,6 +554,7 @@ impl Cache for RedisCache {
         conversation_id: &str,
         entry: HotEntry,
         message_id: u64,
+        count_seq: u64,
         window: usize,
         now_ms: i64,
     ) -> CacheResult<()> {
@@ -536,6 +571,7 @@ impl Cache for RedisCache {
                 &num(window.max(1)),
                 &num(now_ms),
                 &num(ms(HOT_IDLE_TTL)),
+                &num(count_seq),
             ],
         );
         self.run_one::<Value>(cmd).await?;
@@ -550,19 +586,26 @@ impl Cache for RedisCache {
             .iter()
             .map(|c| {
                 let mut cmd = ::redis::cmd("HMGET");
-                cmd.arg(self.keys.hot_head(c)).arg(&["s", "m", "t"]);
+                cmd.arg(self.keys.hot_head(c)).arg(&["s", "m", "t", "c"]);
                 cmd
             })
             .collect();
-        let replies: Vec<(Option<String>, Option<String>, Option<String>)> =
-            self.run(&cmds).await?;
+        type Reply = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let replies: Vec<Reply> = self.run(&cmds).await?;
         replies
             .into_iter()
             .map(|reply| match reply {
-                (Some(s), Some(m), Some(t)) => Ok(Some(HotHead {
+                (Some(s), Some(m), Some(t), c) => Ok(Some(HotHead {
                     last_seq: parse_number("a head seq", &s)?,
                     last_message_id: parse_number("a head message_id", &m)?,
                     last_activity_ms: parse_number("a head activity", &t)?,
+                    // A head an older node wrote has no count.
+                    last_count: c.map_or(Ok(0), |c| parse_number("a head count", &c))?,
                 })),
                 _ => Ok(None),
             })

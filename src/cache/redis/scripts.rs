@@ -13,6 +13,20 @@ if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return last
 ";
 
+/// KEYS: sequencer, count, active set, fence. ARGV: count increment (0 or 1), now_ms,
+/// conversation_id, ttl (ms). The next conv_seq and, by the increment, the count, atomically;
+/// nil when either key has no state; the error `FENCED` while a switch holds the fence.
+pub const ALLOCATE_MESSAGE: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return redis.error_reply('FENCED') end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local seq = redis.call('INCR', KEYS[1])
+local count = redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return {seq, count}
+";
+
 /// KEYS: sequencer, fence. ARGV: holder, ttl (ms). Fences the conversation's allocations for
 /// this holder and answers the sequencer's value; nil (no fence set) when the sequencer has no
 /// state; the error `FENCED` while another holder has the fence.
@@ -65,7 +79,8 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'run', run)
 return ARGV[1]
 ";
 
-/// KEYS: window, head. ARGV: conv_seq, member, message_id, window size, now_ms, idle ttl (ms).
+/// KEYS: window, head. ARGV: conv_seq, member, message_id, window size, now_ms, idle ttl (ms),
+/// count_seq (the head keeps the highest).
 /// Adds, trims to the newest entries, raises the head — one step, so a reader never sees a
 /// head ahead of its entry.
 pub const HOT_APPEND: &str = r"
@@ -79,6 +94,10 @@ if not head[1] or tonumber(ARGV[1]) >= tonumber(head[1]) then
 end
 if not head[2] or tonumber(ARGV[5]) > tonumber(head[2]) then
   redis.call('HSET', KEYS[2], 't', ARGV[5])
+end
+local count = redis.call('HGET', KEYS[2], 'c')
+if not count or tonumber(ARGV[7]) > tonumber(count) then
+  redis.call('HSET', KEYS[2], 'c', ARGV[7])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])

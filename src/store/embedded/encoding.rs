@@ -26,6 +26,9 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
         Some((&VALUE_FORMAT, rest)) => {
             postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
+        // Written before fields were appended to messages and user_conversations rows.
+        Some((&FIRST_VALUE_FORMAT, rest)) => crate::model::decode_with_appended_fields(rest)
+            .map_err(|e| StoreError::Corrupt(e.to_string())),
         _ => Err(StoreError::Corrupt("unknown value format".into())),
     }
 }

@@ -61,7 +61,10 @@ impl EmbeddedOptions {
 const WRITE_QUEUE_CAPACITY: usize = 8192;
 /// Most jobs committed under one fsync.
 const MAX_GROUP: usize = 512;
-const VALUE_FORMAT: u8 = 1;
+/// Values are postcard behind this byte. 2: messages and user_conversations rows gained
+/// fields at their end (format 1 values decode with them zero).
+const VALUE_FORMAT: u8 = 2;
+const FIRST_VALUE_FORMAT: u8 = 1;
 
 #[derive(Clone)]
 struct Tables {
@@ -78,6 +81,7 @@ struct Tables {
     /// this index changes only with the mode, so Sync's scan stays short.
     user_hot: Keyspace,
     push_targets: Keyspace,
+    hidden_messages: Keyspace,
 }
 
 enum Outcome {
@@ -142,6 +146,7 @@ impl EmbeddedStore {
             outbox: open("outbox")?,
             user_hot: open("user_hot")?,
             push_targets: open("push_targets")?,
+            hidden_messages: open("hidden_messages")?,
         };
         migrate_legacy_outbox(&db, &tables)?;
         match tables.meta.get(b"bucket_size").map_err(fj)? {
@@ -484,6 +489,7 @@ impl Store for EmbeddedStore {
         user_id: &str,
         conversation_id: &str,
         seq: u64,
+        count: u64,
     ) -> StoreResult<Option<UserConversationRow>> {
         let k = user_conversation_key(user_id, conversation_id);
         let outcome = self
@@ -491,8 +497,9 @@ impl Store for EmbeddedStore {
                 let Some(mut row) = get::<UserConversationRow>(&t.user_conversations, &k)? else {
                     return Ok(Outcome::UserConversation(None));
                 };
-                if seq > row.read_seq {
-                    row.read_seq = seq;
+                if seq > row.read_seq || count > row.read_count {
+                    row.read_seq = row.read_seq.max(seq);
+                    row.read_count = row.read_count.max(count);
                     batch.insert(&t.user_conversations, k, encode(&row)?);
                 }
                 Ok(Outcome::UserConversation(Some(row)))
@@ -523,6 +530,28 @@ impl Store for EmbeddedStore {
                     encode(i)?,
                 );
             }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn update_message(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+        message_id: u64,
+        change: &MessageChange,
+    ) -> StoreResult<()> {
+        let (id, change) = (conversation_id.to_owned(), change.clone());
+        self.write(Box::new(move |t, batch| {
+            let bucket_size = bucket_size_of(t)?;
+            let k = key(&[&id], &[conv_seq / bucket_size, conv_seq, message_id]);
+            let Some(mut m) = get::<MessageRow>(&t.messages, &k)? else {
+                return Ok(Outcome::Done);
+            };
+            change.apply(&mut m);
+            batch.insert(&t.messages, k, encode(&m)?);
             Ok(Outcome::Done)
         }))
         .await
@@ -583,6 +612,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn last_count(&self, conversation_id: &str) -> StoreResult<u64> {
+        let prefix = key(&[conversation_id], &[]);
+        self.read(move |t| {
+            // Every row but a hole carries the count at it; holes are rare and never many in a
+            // row (each is a send that stopped between allocation and write).
+            for guard in t.messages.prefix(prefix).rev() {
+                let (_, v) = guard.into_inner().map_err(fj)?;
+                let m: MessageRow = decode(&v)?;
+                if m.kind != MessageKind::Hole {
+                    return Ok(m.count_seq);
+                }
+            }
+            Ok(0)
+        })
+        .await
+    }
+
     async fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()> {
         let write = write.clone();
         self.write(Box::new(move |t, batch| {
@@ -606,8 +652,10 @@ impl Store for EmbeddedStore {
                     row.last_seq = a.last_seq;
                     row.last_message_id = a.last_message_id;
                 }
+                row.last_count = row.last_count.max(a.count_seq);
                 if let Some(read) = a.read_seq {
                     row.read_seq = row.read_seq.max(read);
+                    row.read_count = row.read_count.max(a.count_seq);
                 }
                 batch.insert(&t.user_conversations, k, encode(&row)?);
             }
@@ -706,6 +754,46 @@ impl Store for EmbeddedStore {
 
     async fn get_pending(&self, key: OutboxKey) -> StoreResult<Option<PendingFanoutRow>> {
         self.read(move |t| get(&t.outbox, &outbox_key(key))).await
+    }
+
+    async fn hide_messages(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        messages: &[(u64, u64)],
+    ) -> StoreResult<()> {
+        let keys: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|&(seq, id)| key(&[user_id, conversation_id], &[seq, id]))
+            .collect();
+        self.write(Box::new(move |t, batch| {
+            for k in keys {
+                batch.insert(&t.hidden_messages, k, Vec::<u8>::new());
+            }
+            Ok(Outcome::Done)
+        }))
+        .await
+        .map(drop)
+    }
+
+    async fn list_hidden(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        range: SeqRange,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, u64)>> {
+        let from = key(&[user_id, conversation_id], &[range.from]);
+        let to = key(&[user_id, conversation_id], &[range.to, u64::MAX]);
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for guard in t.hidden_messages.range(from..=to).take(limit) {
+                let k = guard.key().map_err(fj)?;
+                out.push((tail_u64(&k, 2), tail_u64(&k, 1)));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()> {

@@ -47,6 +47,10 @@ async fn compaction_removes_rows_past_their_ttl() {
             body: bytes::Bytes::new(),
             created_at_ms: allocated_at_ms,
             kind: MessageKind::User,
+            count_seq: seq,
+            target_message_id: 0,
+            edited_at_ms: 0,
+            recalled_at_ms: 0,
         },
     };
     let two_hours_ago = now - 2 * 3600 * 1000;

@@ -104,6 +104,8 @@ pub(super) fn message_kind_text(k: MessageKind) -> &'static str {
     match k {
         MessageKind::User => "user",
         MessageKind::Hole => "hole",
+        MessageKind::Recall => "recall",
+        MessageKind::Edit => "edit",
     }
 }
 
@@ -111,6 +113,8 @@ pub(super) fn parse_message_kind(s: Option<&str>) -> StoreResult<MessageKind> {
     match s {
         Some("user") | None => Ok(MessageKind::User),
         Some("hole") => Ok(MessageKind::Hole),
+        Some("recall") => Ok(MessageKind::Recall),
+        Some("edit") => Ok(MessageKind::Edit),
         Some(other) => Err(corrupt(format!("message kind {other:?}"))),
     }
 }
@@ -185,12 +189,21 @@ pub(super) fn user_conversation_from(
         read_seq: uint(u.read_seq.unwrap_or(0))?,
         joined_seq: uint(joined_seq)?,
         joined_at_ms: u.joined_at.map_or(0, |t| t.0),
+        last_count: uint(u.last_count.unwrap_or(0))?,
+        read_count: uint(u.read_count.unwrap_or(0))?,
         user_id: u.user_id,
         conversation_id: u.conversation_id,
     }))
 }
 
 pub(super) fn message_from(m: MessageCql) -> StoreResult<MessageRow> {
+    let recalled_at_ms = m.recalled_at.map_or(0, |t| t.0);
+    // An edit racing the recall may have written the body cell after it.
+    let body = if recalled_at_ms != 0 {
+        Bytes::new()
+    } else {
+        Bytes::from(m.body.unwrap_or_default())
+    };
     Ok(MessageRow {
         conv_seq: uint(m.conv_seq)?,
         message_id: id_from_cql(m.message_id),
@@ -198,27 +211,35 @@ pub(super) fn message_from(m: MessageCql) -> StoreResult<MessageRow> {
         sender_device_id: m.sender_device_id.unwrap_or_default(),
         client_msg_id: m.client_msg_id.unwrap_or_default(),
         content_type: m.content_type.unwrap_or_default(),
-        body: Bytes::from(m.body.unwrap_or_default()),
+        body,
         created_at_ms: m.created_at.map_or(0, |t| t.0),
         kind: parse_message_kind(m.kind.as_deref())?,
+        count_seq: uint(m.count_seq.unwrap_or(0))?,
+        target_message_id: m.target_message_id.map_or(0, id_from_cql),
+        edited_at_ms: m.edited_at.map_or(0, |t| t.0),
+        recalled_at_ms,
         conversation_id: m.conversation_id,
     })
 }
 
 pub(super) fn message_binds(m: &MessageRow, bucket_size: u64) -> StoreResult<MessageBinds> {
-    Ok((
-        m.conversation_id.clone(),
-        int(m.conv_seq / bucket_size)?,
-        int(m.conv_seq)?,
-        id_to_cql(m.message_id),
-        m.sender_id.clone(),
-        m.sender_device_id.clone(),
-        m.client_msg_id.clone(),
-        m.content_type.clone(),
-        m.body.to_vec(),
-        Millis(m.created_at_ms),
-        message_kind_text(m.kind).to_owned(),
-    ))
+    Ok(MessageBinds {
+        conversation_id: m.conversation_id.clone(),
+        bucket: int(m.conv_seq / bucket_size)?,
+        conv_seq: int(m.conv_seq)?,
+        message_id: id_to_cql(m.message_id),
+        sender_id: m.sender_id.clone(),
+        sender_device_id: m.sender_device_id.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        content_type: m.content_type.clone(),
+        body: m.body.to_vec(),
+        created_at: Millis(m.created_at_ms),
+        kind: message_kind_text(m.kind).to_owned(),
+        count_seq: int(m.count_seq)?,
+        target_message_id: id_to_cql(m.target_message_id),
+        edited_at: Millis(m.edited_at_ms),
+        recalled_at: Millis(m.recalled_at_ms),
+    })
 }
 
 pub(super) fn inbox_from(r: InboxCql) -> StoreResult<InboxRow> {
@@ -233,6 +254,10 @@ pub(super) fn inbox_from(r: InboxCql) -> StoreResult<InboxRow> {
         body: r.body,
         created_at: r.created_at,
         kind: r.kind,
+        count_seq: r.count_seq,
+        target_message_id: r.target_message_id,
+        edited_at: r.edited_at,
+        recalled_at: r.recalled_at,
     };
     Ok(InboxRow {
         inbox_seq: uint(r.inbox_seq)?,

@@ -311,12 +311,16 @@ impl ScyllaStore {
                 last,
                 last,
                 id_to_cql(row.last_message_id),
+                int(row.last_count)?,
                 u.clone(),
                 c.clone(),
             )),
         ));
         let read = int(row.read_seq)?;
-        parts.push((self.st.raise_read_seq.clone(), Box::new((read, read, u, c))));
+        parts.push((
+            self.st.raise_read_seq.clone(),
+            Box::new((read, read, int(row.read_count)?, u, c)),
+        ));
         Ok(parts)
     }
 
@@ -329,6 +333,16 @@ impl ScyllaStore {
         Ok((
             self.st.raise_last_conv_seq.clone(),
             Box::new((seq, seq, conversation_id.to_owned())),
+        ))
+    }
+
+    /// With a message's write: its seq and count (counts rise with seqs, so the seq's write
+    /// timestamp keeps both at their highest).
+    pub(super) fn raise_conv_seq_and_count_part(&self, m: &MessageRow) -> StoreResult<BatchPart> {
+        let seq = int(m.conv_seq)?;
+        Ok((
+            self.st.raise_last_conv_seq_and_count.clone(),
+            Box::new((seq, seq, int(m.count_seq)?, m.conversation_id.clone())),
         ))
     }
 

@@ -381,15 +381,18 @@ impl Store for ScyllaStore {
         user_id: &str,
         conversation_id: &str,
         seq: u64,
+        count: u64,
     ) -> StoreResult<Option<UserConversationRow>> {
         let Some(mut row) = self.get_user_conversation(user_id, conversation_id).await? else {
             return Ok(None);
         };
-        if seq > row.read_seq {
-            let s = int(seq)?;
-            self.exec(&self.st.raise_read_seq, (s, s, user_id, conversation_id))
+        if seq > row.read_seq || count > row.read_count {
+            // Timestamp = the seq: of two raises at one seq, the higher count wins the tie.
+            let (s, n) = (int(seq.max(row.read_seq))?, int(count.max(row.read_count))?);
+            self.exec(&self.st.raise_read_seq, (s, s, n, user_id, conversation_id))
                 .await?;
-            row.read_seq = seq;
+            row.read_seq = row.read_seq.max(seq);
+            row.read_count = row.read_count.max(count);
         }
         Ok(Some(row))
     }
@@ -402,7 +405,7 @@ impl Store for ScyllaStore {
                 self.st.insert_message.clone(),
                 Box::new(message_binds(m, bucket_size)?),
             ),
-            self.raise_conv_seq_part(&m.conversation_id, m.conv_seq)?,
+            self.raise_conv_seq_and_count_part(m)?,
         ];
         if let Some(p) = &write.pending {
             let allocation: Allocation = p
@@ -509,6 +512,61 @@ impl Store for ScyllaStore {
         uint(row.and_then(|r| r.0).unwrap_or(0))
     }
 
+    async fn update_message(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+        message_id: u64,
+        change: &MessageChange,
+    ) -> StoreResult<()> {
+        let (bucket, seq, id) = (
+            int(conv_seq / self.bucket_size)?,
+            int(conv_seq)?,
+            id_to_cql(message_id),
+        );
+        // Microseconds, late in the change's millisecond: after the insert of a message sent
+        // earlier in that same millisecond.
+        let timestamp = |at_ms: i64| at_ms.saturating_mul(1000).saturating_add(999);
+        match change {
+            MessageChange::Recall { at_ms } => {
+                let values = (
+                    timestamp(*at_ms),
+                    Vec::<u8>::new(),
+                    Millis((*at_ms).max(1)),
+                    conversation_id.to_owned(),
+                    bucket,
+                    seq,
+                    id,
+                );
+                self.exec(&self.st.recall_message, values).await
+            }
+            MessageChange::Edit {
+                content_type,
+                body,
+                at_ms,
+            } => {
+                let values = (
+                    timestamp(*at_ms),
+                    content_type.clone(),
+                    body.to_vec(),
+                    Millis(*at_ms),
+                    conversation_id.to_owned(),
+                    bucket,
+                    seq,
+                    id,
+                );
+                self.exec(&self.st.edit_message, values).await
+            }
+        }
+    }
+
+    async fn last_count(&self, conversation_id: &str) -> StoreResult<u64> {
+        let row: Option<(Option<i64>,)> = self
+            .first(&self.st.get_last_count, (conversation_id,))
+            .await?;
+        uint(row.and_then(|r| r.0).unwrap_or(0))
+    }
+
     async fn write_fanout(&self, write: &FanoutWrite) -> StoreResult<()> {
         let bucket_size = self.bucket_size;
         let mut inbox_rows = Vec::with_capacity(write.inbox.len());
@@ -529,6 +587,10 @@ impl Store for ScyllaStore {
                 body: m.body.to_vec(),
                 created_at: Millis(m.created_at_ms),
                 kind: message_kind_text(m.kind).to_owned(),
+                count_seq: int(m.count_seq)?,
+                target_message_id: id_to_cql(m.target_message_id),
+                edited_at: Millis(m.edited_at_ms),
+                recalled_at: Millis(m.recalled_at_ms),
                 ttl: self.inbox_ttl_secs,
             });
         }
@@ -552,19 +614,37 @@ impl Store for ScyllaStore {
             let (u, c) = (a.user_id.clone(), a.conversation_id.clone());
             let last = int(a.last_seq)?;
             let parts = per_user.entry(a.user_id.as_str()).or_default();
-            parts.push((
-                self.st.raise_activity.clone(),
-                Box::new((
-                    last,
-                    last,
-                    id_to_cql(a.last_message_id),
-                    u.clone(),
-                    c.clone(),
-                )),
-            ));
+            let count = int(a.count_seq)?;
+            parts.push(if a.count_seq == 0 {
+                (
+                    self.st.raise_activity_of_hole.clone(),
+                    Box::new((
+                        last,
+                        last,
+                        id_to_cql(a.last_message_id),
+                        u.clone(),
+                        c.clone(),
+                    )),
+                )
+            } else {
+                (
+                    self.st.raise_activity.clone(),
+                    Box::new((
+                        last,
+                        last,
+                        id_to_cql(a.last_message_id),
+                        count,
+                        u.clone(),
+                        c.clone(),
+                    )),
+                )
+            });
             if let Some(read) = a.read_seq {
                 let read = int(read)?;
-                parts.push((self.st.raise_read_seq.clone(), Box::new((read, read, u, c))));
+                parts.push((
+                    self.st.raise_read_seq.clone(),
+                    Box::new((read, read, count, u, c)),
+                ));
             }
         }
         // The rows below are many writes, not one unit: the entry first records which
@@ -687,6 +767,56 @@ impl Store for ScyllaStore {
             sender_id: r.sender_id,
             client_msg_id: r.client_msg_id,
         }))
+    }
+
+    async fn hide_messages(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        messages: &[(u64, u64)],
+    ) -> StoreResult<()> {
+        // One partition: an unlogged batch is one mutation.
+        let parts: Vec<BatchPart> = messages
+            .iter()
+            .map(|&(seq, id)| {
+                Ok((
+                    self.st.hide_message.clone(),
+                    Box::new((
+                        user_id.to_owned(),
+                        conversation_id.to_owned(),
+                        int(seq)?,
+                        id_to_cql(id),
+                    ))
+                        as Box<dyn ::scylla::serialize::row::SerializeRow + Send + Sync>,
+                ))
+            })
+            .collect::<StoreResult<_>>()?;
+        self.batch(BatchType::Unlogged, parts).await
+    }
+
+    async fn list_hidden(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        range: SeqRange,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, u64)>> {
+        let rows: Vec<(i64, i64)> = self
+            .rows(
+                &self.st.list_hidden,
+                (
+                    user_id,
+                    conversation_id,
+                    int(range.from)?,
+                    int(range.to)?,
+                    i32::try_from(limit).unwrap_or(i32::MAX),
+                ),
+                limit,
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(seq, id)| Ok((uint(seq)?, id_from_cql(id))))
+            .collect()
     }
 
     async fn put_push_target(&self, row: &PushTargetRow) -> StoreResult<()> {

@@ -97,6 +97,8 @@ pub struct UserConversationCql {
     pub read_seq: Option<i64>,
     pub joined_seq: Option<i64>,
     pub joined_at: Option<Millis>,
+    pub last_count: Option<i64>,
+    pub read_count: Option<i64>,
 }
 
 #[derive(Debug, DeserializeRow)]
@@ -117,6 +119,10 @@ pub struct MessageCql {
     pub body: Option<Vec<u8>>,
     pub created_at: Option<Millis>,
     pub kind: Option<String>,
+    pub count_seq: Option<i64>,
+    pub target_message_id: Option<i64>,
+    pub edited_at: Option<Millis>,
+    pub recalled_at: Option<Millis>,
 }
 
 #[derive(Debug, DeserializeRow)]
@@ -134,6 +140,10 @@ pub struct InboxCql {
     pub body: Option<Vec<u8>>,
     pub created_at: Option<Millis>,
     pub kind: Option<String>,
+    pub count_seq: Option<i64>,
+    pub target_message_id: Option<i64>,
+    pub edited_at: Option<Millis>,
+    pub recalled_at: Option<Millis>,
 }
 
 #[derive(Debug, DeserializeRow)]
@@ -172,19 +182,25 @@ pub type Spans = Vec<(i64, String)>;
 pub type Allocation = BTreeMap<String, i64>;
 
 /// Binds of `insert_message`, also used inside batches.
-pub type MessageBinds = (
-    String,
-    i64,
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    Vec<u8>,
-    Millis,
-    String,
-);
+#[derive(Debug, Default, SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+pub struct MessageBinds {
+    pub conversation_id: String,
+    pub bucket: i64,
+    pub conv_seq: i64,
+    pub message_id: i64,
+    pub sender_id: String,
+    pub sender_device_id: String,
+    pub client_msg_id: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub created_at: Millis,
+    pub kind: String,
+    pub count_seq: i64,
+    pub target_message_id: i64,
+    pub edited_at: Millis,
+    pub recalled_at: Millis,
+}
 /// Binds of `insert_inbox`, in statement order (the last is `USING TTL`).
 #[derive(Debug, Default, SerializeRow)]
 #[scylla(flavor = "enforce_order", skip_name_checks)]
@@ -203,6 +219,10 @@ pub struct InboxBinds {
     pub body: Vec<u8>,
     pub created_at: Millis,
     pub kind: String,
+    pub count_seq: i64,
+    pub target_message_id: i64,
+    pub edited_at: Millis,
+    pub recalled_at: Millis,
     pub ttl: i32,
 }
 
@@ -316,6 +336,11 @@ statements! {
     /// Write timestamp = the seq: the highest seq wins whatever the arrival order.
     raise_last_conv_seq(true): (i64, i64, String) => NoRows =
         "UPDATE conversations USING TIMESTAMP ? SET last_seq = ? WHERE conversation_id = ?";
+    /// With a message (not a hole, which has no count): counts rise with seqs.
+    raise_last_conv_seq_and_count(true): (i64, i64, i64, String) => NoRows =
+        "UPDATE conversations USING TIMESTAMP ? SET last_seq = ?, last_count = ? WHERE conversation_id = ?";
+    get_last_count(true): (String,) => (Option<i64>,) =
+        "SELECT last_count FROM conversations WHERE conversation_id = ?";
     get_last_conv_seq(true): (String,) => (Option<i64>,) =
         "SELECT last_seq FROM conversations WHERE conversation_id = ?";
 
@@ -340,12 +365,16 @@ statements! {
     /// `mode` is only ever written as 'hot' (never lowered), and deleted with the membership.
     set_user_conversation_hot(true): (String, String) => NoRows =
         "UPDATE user_conversations SET mode = 'hot' WHERE user_id = ? AND conversation_id = ?";
-    /// Write timestamp = last_seq: concurrent and late updates keep the highest.
-    raise_activity(true): (i64, i64, i64, String, String) => NoRows =
+    /// Write timestamp = last_seq: concurrent and late updates keep the highest (counts rise
+    /// with seqs).
+    raise_activity(true): (i64, i64, i64, i64, String, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET last_seq = ?, last_message_id = ?, last_count = ? WHERE user_id = ? AND conversation_id = ?";
+    /// For a hole, which has no count (a write of 0 at its seq would shadow the count).
+    raise_activity_of_hole(true): (i64, i64, i64, String, String) => NoRows =
         "UPDATE user_conversations USING TIMESTAMP ? SET last_seq = ?, last_message_id = ? WHERE user_id = ? AND conversation_id = ?";
     /// Write timestamp = read_seq: read positions never move back.
-    raise_read_seq(true): (i64, i64, String, String) => NoRows =
-        "UPDATE user_conversations USING TIMESTAMP ? SET read_seq = ? WHERE user_id = ? AND conversation_id = ?";
+    raise_read_seq(true): (i64, i64, i64, String, String) => NoRows =
+        "UPDATE user_conversations USING TIMESTAMP ? SET read_seq = ?, read_count = ? WHERE user_id = ? AND conversation_id = ?";
     raise_inbox_head(true): (i64, i64, String) => NoRows =
         "UPDATE user_conversations USING TIMESTAMP ? SET inbox_head = ? WHERE user_id = ?";
     raise_inbox_floor(true): (i64, i64, String) => NoRows =
@@ -355,11 +384,11 @@ statements! {
     delete_user_membership(true): (String, String) => NoRows =
         "DELETE kind, mode, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id = ?";
     get_user_conversation(true): (String, String) => UserConversationCql =
-        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id = ?";
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at, last_count, read_count FROM user_conversations WHERE user_id = ? AND conversation_id = ?";
     list_user_conversations(true): (String,) => UserConversationCql =
-        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ?";
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at, last_count, read_count FROM user_conversations WHERE user_id = ?";
     list_user_conversations_after(true): (String, String) => UserConversationCql =
-        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at FROM user_conversations WHERE user_id = ? AND conversation_id > ?";
+        "SELECT user_id, conversation_id, kind, mode, last_message_id, last_seq, read_seq, joined_seq, joined_at, last_count, read_count FROM user_conversations WHERE user_id = ? AND conversation_id > ?";
     get_inbox_marks(true): (String,) => InboxMarksCql =
         "SELECT inbox_head, inbox_floor FROM user_conversations WHERE user_id = ? LIMIT 1";
 
@@ -373,19 +402,27 @@ statements! {
 
     // --- messages -----------------------------------------------------------------------
     insert_message(true): MessageBinds => NoRows =
-        "INSERT INTO messages (conversation_id, bucket, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        "INSERT INTO messages (conversation_id, bucket, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    /// Write timestamp = the recall's time: cells of a change are ordered by when it was
+    /// made, after the row's insert. A later edit may rewrite the body cell; readers show a
+    /// recalled message without it.
+    recall_message(true): (i64, Vec<u8>, Millis, String, i64, i64, i64) => NoRows =
+        "UPDATE messages USING TIMESTAMP ? SET body = ?, recalled_at = ? WHERE conversation_id = ? AND bucket = ? AND conv_seq = ? AND message_id = ?";
+    /// Write timestamp = the edit's time: the later of two edits wins.
+    edit_message(true): (i64, String, Vec<u8>, Millis, String, i64, i64, i64) => NoRows =
+        "UPDATE messages USING TIMESTAMP ? SET content_type = ?, body = ?, edited_at = ? WHERE conversation_id = ? AND bucket = ? AND conv_seq = ? AND message_id = ?";
     read_messages_ascending(true): (String, i64, i64, i64, i32) => MessageCql =
-        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? ORDER BY conv_seq ASC LIMIT ?";
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? ORDER BY conv_seq ASC LIMIT ?";
     read_messages_descending(true): (String, i64, i64, i64, i32) => MessageCql =
-        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? LIMIT ?";
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq >= ? AND conv_seq <= ? LIMIT ?";
     read_messages_at(true): (String, i64, i64) => MessageCql =
-        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq = ?";
+        "SELECT conversation_id, conv_seq, message_id, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at FROM messages WHERE conversation_id = ? AND bucket = ? AND conv_seq = ?";
 
     // --- inbox --------------------------------------------------------------------------
     insert_inbox(true): InboxBinds => NoRows =
-        "INSERT INTO inbox (user_id, bucket, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?";
+        "INSERT INTO inbox (user_id, bucket, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?";
     read_inbox_after(true): (String, i64, i64, i64, i32) => InboxCql =
-        "SELECT user_id, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind FROM inbox WHERE user_id = ? AND bucket = ? AND (inbox_seq, message_id) > (?, ?) LIMIT ?";
+        "SELECT user_id, inbox_seq, message_id, allocated_at, conversation_id, conv_seq, sender_id, sender_device_id, client_msg_id, content_type, body, created_at, kind, count_seq, target_message_id, edited_at, recalled_at FROM inbox WHERE user_id = ? AND bucket = ? AND (inbox_seq, message_id) > (?, ?) LIMIT ?";
     drop_inbox_bucket(true): (String, i64) => NoRows =
         "DELETE FROM inbox WHERE user_id = ? AND bucket = ?";
 
@@ -408,6 +445,12 @@ statements! {
         "SELECT bucket, shard, message_id, conversation_id, conv_seq, created_at, inbox_allocation FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
     delete_pending(true): (i64, i32, i64) => NoRows =
         "DELETE FROM outbox WHERE bucket = ? AND shard = ? AND message_id = ?";
+
+    // --- hidden_messages ----------------------------------------------------------------
+    hide_message(true): (String, String, i64, i64) => NoRows =
+        "INSERT INTO hidden_messages (user_id, conversation_id, conv_seq, message_id) VALUES (?, ?, ?, ?)";
+    list_hidden(true): (String, String, i64, i64, i32) => (i64, i64) =
+        "SELECT conv_seq, message_id FROM hidden_messages WHERE user_id = ? AND conversation_id = ? AND conv_seq >= ? AND conv_seq <= ? LIMIT ?";
 
     // --- push_targets -------------------------------------------------------------------
     /// Write timestamp = registration time: the later registration wins.

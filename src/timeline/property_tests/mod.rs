@@ -15,7 +15,14 @@
 //! - G4 idempotent send: the same (sender, client_msg_id) acks with the same message;
 //! - isolation: a user who left a group gets none of its conv_seqs allocated after the leave
 //!   (until a re-join's joined_seq);
-//! - unread = last_seq - read_seq, with last_seq the conversation's last conv_seq.
+//! - recall and edit: a change's entry reaches every member's devices like a message (G1), so
+//!   every device that saw the message learns of the change; once settled, history shows each
+//!   acknowledged change (a recalled message has no body; an edited one the latest edit);
+//! - delete-for-me: a message a user hid is never in that user's history again, and reaches
+//!   their devices that had not synced it as a hole (other members are unaffected);
+//! - unread counts the others' user messages after the read position (not holes, not recall
+//!   or edit entries, not one's own), exactly unless a crash abandoned a seq or lost an own
+//!   message's read advance (those bound it from above).
 //!
 //! The same test runs with the Cache on a private `redis-server` (a Cache reset is a
 //! FLUSHALL there), with fewer cases: `PROPTEST_REDIS_CASES` (default 150); and with the Store
@@ -54,6 +61,14 @@ const GRACE: Duration = Duration::from_secs(3);
 
 fn user(u: usize) -> String {
     format!("u{u}")
+}
+
+/// The index of user `u<n>`.
+fn user_index(user_id: &str) -> usize {
+    user_id
+        .strip_prefix('u')
+        .and_then(|n| n.parse().ok())
+        .expect("a model user")
 }
 
 fn caller(u: usize, device: usize) -> Caller {
@@ -130,6 +145,23 @@ enum Op {
         user: usize,
         conv: usize,
     },
+    /// Recalls the `pick`-th acked user message (modulo their number): by its sender, or by
+    /// the owner of its group (u0) when `by_owner`.
+    Recall {
+        pick: usize,
+        by_owner: bool,
+        fault: Option<Fault>,
+    },
+    /// Its sender edits the `pick`-th acked user message.
+    Edit {
+        pick: usize,
+        fault: Option<Fault>,
+    },
+    /// `user` deletes the `pick`-th acked message for themself (if they may read it).
+    Hide {
+        user: usize,
+        pick: usize,
+    },
     Advance {
         ms: u64,
     },
@@ -167,6 +199,9 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         6 => (0..USERS, 0..DEVICES, 1u32..8).prop_map(|(user, device, limit)| Op::Sync { user, device, limit }),
         1 => (0..USERS, 0usize..3).prop_map(|(user, conv)| Op::MarkRead { user, conv }),
+        2 => (0usize..64, any::<bool>(), fault()).prop_map(|(pick, by_owner, fault)| Op::Recall { pick, by_owner, fault }),
+        2 => (0usize..64, fault()).prop_map(|(pick, fault)| Op::Edit { pick, fault }),
+        1 => (0..USERS, 0usize..64).prop_map(|(user, pick)| Op::Hide { user, pick }),
         2 => (0u64..4000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Settle),
         1 => Just(Op::ResetCache),
@@ -303,6 +338,9 @@ fn broken_pipelines_are_caught() {
         Broken::SwitchWithoutFence,
         Broken::LeaveKeepsMembership,
         Broken::SlowmodeAfterWrite,
+        Broken::ChangeWithoutEntry,
+        Broken::ChangesCountAsUnread,
+        Broken::HiddenStillShown,
     ] {
         let mut runner = runner(1000);
         let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
@@ -421,7 +459,8 @@ fn lost_redrive_claim() -> [Op; 3] {
             sender: 0,
             conv: 0,
             fault: Some(Fault {
-                at: 10,
+                // The fan-out write, after the sequencer seeds conv_seq and count.
+                at: 12,
                 kind: FaultKind::Crash,
             }),
         },
