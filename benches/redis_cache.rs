@@ -182,7 +182,7 @@ fn redis_benchmark_hot_append(redis: &RedisProcess, requests: usize) -> f64 {
         .args(["EVALSHA", &sha, "2"])
         .args(["bench:{h:g:rb}:window", "bench:{h:g:rb}:head"])
         .args(["__rand_int__", &member, "__rand_int__", "1000"])
-        .args(["1800000000000", "604800000"])
+        .args(["1800000000000", "604800000", "__rand_int__"])
         .output()
         .expect("redis-benchmark (Debian: redis-tools)");
     let text = String::from_utf8_lossy(&output.stdout);

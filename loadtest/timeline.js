@@ -6,6 +6,7 @@
 // DURATION (default 30s) and VUS (per sending scenario, default 8) size the run.
 // loadtest/run.sh starts a service and runs one of these with a Ping baseline before it.
 import { sleep } from 'k6';
+import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import { SyncReader, call, createGroup, directId, pushPair, sendText, token } from './lib.js';
 
@@ -53,7 +54,7 @@ const SCENARIOS = {
     hot_group: senders('hotGroup', 2),
     reader_writers: {
       executor: 'constant-arrival-rate', exec: 'readerGroupSend', rate: 20, timeUnit: '1s',
-      duration: DURATION, preAllocatedVUs: 2, maxVUs: 8, gracefulStop: '5s',
+      duration: DURATION, preAllocatedVUs: 4, maxVUs: 16, gracefulStop: '5s',
     },
     sync_readers: readers('syncReader', 4),
     hot_readers: readers('hotReader', 2),
@@ -62,7 +63,7 @@ const SCENARIOS = {
 if (!SCENARIOS[SCENARIO]) {
   throw new Error(`unknown SCENARIO ${SCENARIO}: one of ${Object.keys(SCENARIOS).join(', ')}`);
 }
-const RPCS = ['Ping', 'SendMessage', 'Sync'];
+const RPCS = ['Ping', 'SendMessage', 'Sync', 'EditMessage', 'RecallMessage'];
 
 export const options = {
   scenarios: SCENARIOS[SCENARIO],
@@ -163,7 +164,23 @@ export function hotGroup(data) {
 export function readerGroupSend(data) {
   const g = pick(READER_GROUPS);
   const sender = `${data.run}-writer${g}`;
-  sendText(sender, bearer(sender), data.readerGroups[g], msgId());
+  const b = bearer(sender);
+  const sent = sendText(sender, b, data.readerGroups[g], msgId());
+  // Changes at a chat's share: about one message in 10 edited, one in 25 recalled. Each is an
+  // entry at the next conv_seq that the readers must receive like a message.
+  const i = exec.vu.iterationInScenario;
+  if (!sent || !sent.message) return;
+  const target = {
+    conversationId: data.readerGroups[g],
+    convSeq: sent.message.convSeq,
+    messageId: sent.message.messageId,
+  };
+  if (i % 10 === 3) {
+    call('EditMessage', {
+      ...target, clientMsgId: `${sender}-edit-${msgId()}`, body: encoding.b64encode('edited'),
+    }, b);
+  }
+  if (i % 25 === 7) call('RecallMessage', target, b);
 }
 
 // One device per VU, kept across iterations: it follows its own cursor for the whole run.

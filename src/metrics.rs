@@ -22,6 +22,7 @@ pub const SEQUENCER_RESEEDS: &str = "timeline_sequencer_reseeds_total";
 pub const MODE_SWITCHES: &str = "timeline_mode_switches_total";
 pub const HOLES_FILLED: &str = "timeline_holes_filled_total";
 pub const LATE_REWRITES: &str = "timeline_late_writes_rewritten_total";
+pub const MESSAGE_CHANGES: &str = "timeline_message_changes_total";
 pub const SYNC_SOURCES: &str = "timeline_sync_sources_merged";
 pub const HOT_WINDOW_READS: &str = "timeline_hot_window_reads_total";
 pub const STORE_OP_DURATION: &str = "timeline_store_operation_duration_seconds";
@@ -150,6 +151,10 @@ fn describe() {
         LATE_REWRITES,
         "Writes that finished later than gap_grace/2 and were rewritten under a fresh seq."
     );
+    describe_counter!(
+        MESSAGE_CHANGES,
+        "Changes to sent messages, by kind: recall, edit, hide (delete-for-me; one per message)."
+    );
     describe_histogram!(
         SYNC_SOURCES,
         "Sources merged by one Sync call (the inbox plus hot conversations read)."
@@ -266,7 +271,7 @@ fn register_known_series() {
     ] {
         counter!(name).increment(0);
     }
-    let labelled: [(&str, &str, &[&str]); 13] = [
+    let labelled: [(&str, &str, &[&str]); 14] = [
         (
             NOTIFY_NOTIFICATIONS,
             "outcome",
@@ -300,6 +305,7 @@ fn register_known_series() {
         (MESSAGES_SENT, "mode", &["fanout", "hot"]),
         (RECOVERY_REDRIVES, "trigger", &["recovery", "retry"]),
         (HOLES_FILLED, "found_by", &["sync", "history", "sweeper"]),
+        (MESSAGE_CHANGES, "kind", &["recall", "edit", "hide"]),
         (LATE_REWRITES, "what", &["message", "inbox"]),
         (HOT_WINDOW_READS, "result", &["hit", "miss"]),
         (

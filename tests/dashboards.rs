@@ -163,6 +163,10 @@ async fn drive_traffic(server: &TestServer, stop: Arc<AtomicBool>) -> tokio::tas
                 // A retry: answered from the idempotency record.
                 let _ = send_quietly(&mut alice, "g:team", &format!("g:team-{n}")).await;
             }
+            if n.is_multiple_of(4) {
+                // A message's lifecycle: edited, recalled, and hidden by bob.
+                change_lifecycle(&mut alice, &mut bob, n).await;
+            }
             if let Ok(page) = bob
                 .sync(SyncRequest {
                     cursor: cursor.clone(),
@@ -219,6 +223,51 @@ async fn send_quietly(
         })
         .await
         .map(|_| ())
+}
+
+/// Sends a message to g:team, edits and recalls it (alice), and hides it for bob; a second
+/// recall is refused (FAILED_PRECONDITION). Failures are left to the panels to show.
+async fn change_lifecycle(alice: &mut Client, bob: &mut Client, n: u64) {
+    let Ok(sent) = alice
+        .send_message(SendMessageRequest {
+            conversation_id: "g:team".into(),
+            client_msg_id: format!("life-{n}"),
+            content_type: "text/plain".into(),
+            body: b"typo".to_vec(),
+        })
+        .await
+    else {
+        return;
+    };
+    let Some(m) = sent.into_inner().message else {
+        return;
+    };
+    let _ = alice
+        .edit_message(EditMessageRequest {
+            conversation_id: m.conversation_id.clone(),
+            conv_seq: m.conv_seq,
+            message_id: m.message_id,
+            client_msg_id: format!("edit-{n}"),
+            content_type: String::new(),
+            body: b"fixed".to_vec(),
+        })
+        .await;
+    let recall = RecallMessageRequest {
+        conversation_id: m.conversation_id.clone(),
+        conv_seq: m.conv_seq,
+        message_id: m.message_id,
+    };
+    let _ = alice.recall_message(recall.clone()).await;
+    let _ = bob.recall_message(recall).await; // PERMISSION_DENIED
+    let _ = bob
+        .delete_messages_for_me(DeleteMessagesForMeRequest {
+            conversation_id: m.conversation_id,
+            messages: vec![MessageRef {
+                conv_seq: m.conv_seq,
+                message_id: m.message_id,
+            }],
+        })
+        .await;
 }
 
 fn has_finite_sample(data: &Value) -> bool {

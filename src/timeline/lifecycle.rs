@@ -229,6 +229,8 @@ impl Timeline {
                 .hide_messages(&caller.user_id, conversation_id, &pairs)
                 .await?;
         }
+        ::metrics::counter!(crate::metrics::MESSAGE_CHANGES, "kind" => "hide")
+            .increment(named.len() as u64);
         Ok(named.len())
     }
 
@@ -423,6 +425,11 @@ impl Timeline {
                 .await?;
         }
         change.apply(&mut target);
+        let kind = match change {
+            MessageChange::Recall { .. } => "recall",
+            MessageChange::Edit { .. } => "edit",
+        };
+        ::metrics::counter!(crate::metrics::MESSAGE_CHANGES, "kind" => kind).increment(1);
         Ok(Changed {
             entry,
             message: target,
