@@ -71,11 +71,12 @@ impl Timeline {
         message_id: u64,
     ) -> TimelineResult<Changed> {
         validate_conversation_id(conversation_id)?;
-        let (conversation, role) = self
-            .conversation_for_change(caller, conversation_id)
+        let (conversation, member) = self
+            .require_member(&caller.user_id, conversation_id)
             .await?;
+        let role = member.role;
         let target = self
-            .change_target(caller, conversation_id, conv_seq, message_id)
+            .change_target(conversation_id, member.joined_seq, conv_seq, message_id)
             .await?;
         let client_msg_id = recall_client_msg_id(message_id);
         let own = target.sender_id == caller.user_id;
@@ -127,11 +128,17 @@ impl Timeline {
             &req.content_type,
             &req.body,
         )?;
-        let (conversation, role) = self
-            .conversation_for_change(caller, &req.conversation_id)
+        let (conversation, member) = self
+            .require_member(&caller.user_id, &req.conversation_id)
             .await?;
+        let role = member.role;
         let target = self
-            .change_target(caller, &req.conversation_id, req.conv_seq, req.message_id)
+            .change_target(
+                &req.conversation_id,
+                member.joined_seq,
+                req.conv_seq,
+                req.message_id,
+            )
             .await?;
         if target.sender_id != caller.user_id {
             return Err(TimelineError::PermissionDenied(format!(
@@ -198,25 +205,17 @@ impl Timeline {
                 messages.len()
             )));
         }
-        self.require_member(&caller.user_id, conversation_id)
+        let (_, member) = self
+            .require_member(&caller.user_id, conversation_id)
             .await?;
-        let joined_seq = self.visible_from(caller, conversation_id).await?;
         let mut named = messages.to_vec();
         named.sort_unstable();
         named.dedup();
         let mut pairs = Vec::with_capacity(named.len());
         for &(conv_seq, message_id) in &named {
-            let found = if conv_seq >= joined_seq && conv_seq > 0 {
-                self.find_message(conversation_id, conv_seq, message_id)
-                    .await?
-            } else {
-                None
-            };
-            let Some(message) = found.filter(|m| m.kind != MessageKind::Hole) else {
-                return Err(TimelineError::NotFound(format!(
-                    "message {message_id} at conv_seq {conv_seq} is not in {conversation_id}"
-                )));
-            };
+            let message = self
+                .visible_entry(conversation_id, member.joined_seq, conv_seq, message_id)
+                .await?;
             // Every copy a late rewrite left: history may show any of them.
             for seq in self.stored_copies(&message).await? {
                 pairs.push((seq, message_id));
@@ -232,15 +231,6 @@ impl Timeline {
         ::metrics::counter!(crate::metrics::MESSAGE_CHANGES, "kind" => "hide")
             .increment(named.len() as u64);
         Ok(named.len())
-    }
-
-    /// The first conv_seq the caller may read in the conversation.
-    async fn visible_from(&self, caller: &Caller, conversation_id: &str) -> TimelineResult<u64> {
-        Ok(self
-            .store
-            .get_member(conversation_id, &caller.user_id)
-            .await?
-            .map_or(u64::MAX, |m| m.joined_seq))
     }
 
     /// Shows each message the user hid as a hole at its conv_seq (one Store read per
@@ -321,46 +311,47 @@ impl Timeline {
             .await
     }
 
-    /// The conversation and the caller's role in it (members only: others learn nothing).
-    async fn conversation_for_change(
+    /// The entry at `(conv_seq, message_id)` (not a hole) a member who joined at `joined_seq`
+    /// may see; anything else is NOT_FOUND.
+    async fn visible_entry(
         &self,
-        caller: &Caller,
         conversation_id: &str,
-    ) -> TimelineResult<(ConversationRow, Role)> {
-        self.require_member(&caller.user_id, conversation_id)
-            .await
-            .map(|(c, m)| (c, m.role))
-    }
-
-    /// The user message at `(conv_seq, message_id)` the caller may see: anything else, or one
-    /// from before the caller joined, is NOT_FOUND.
-    async fn change_target(
-        &self,
-        caller: &Caller,
-        conversation_id: &str,
+        joined_seq: u64,
         conv_seq: u64,
         message_id: u64,
     ) -> TimelineResult<MessageRow> {
-        let not_found = || {
-            TimelineError::NotFound(format!(
-                "message {message_id} at conv_seq {conv_seq} is not in {conversation_id}"
-            ))
+        let found = if conv_seq > 0 && conv_seq >= joined_seq {
+            self.find_message(conversation_id, conv_seq, message_id)
+                .await?
+        } else {
+            None
         };
-        let joined_seq = self
-            .store
-            .get_member(conversation_id, &caller.user_id)
-            .await?
-            .map_or(u64::MAX, |m| m.joined_seq);
-        if conv_seq == 0 || conv_seq < joined_seq {
-            return Err(not_found());
+        found
+            .filter(|m| m.kind != MessageKind::Hole)
+            .ok_or_else(|| {
+                TimelineError::NotFound(format!(
+                    "message {message_id} at conv_seq {conv_seq} is not in {conversation_id}"
+                ))
+            })
+    }
+
+    /// The user message a change names: a change entry is not one (NOT_FOUND).
+    async fn change_target(
+        &self,
+        conversation_id: &str,
+        joined_seq: u64,
+        conv_seq: u64,
+        message_id: u64,
+    ) -> TimelineResult<MessageRow> {
+        let m = self
+            .visible_entry(conversation_id, joined_seq, conv_seq, message_id)
+            .await?;
+        if m.kind != MessageKind::User {
+            return Err(TimelineError::NotFound(format!(
+                "message {message_id} at conv_seq {conv_seq} is not in {conversation_id}"
+            )));
         }
-        match self
-            .find_message(conversation_id, conv_seq, message_id)
-            .await?
-        {
-            Some(m) if m.kind == MessageKind::User => Ok(m),
-            _ => Err(not_found()),
-        }
+        Ok(m)
     }
 
     /// The entry this caller already appended under `client_msg_id`, if any.
@@ -370,21 +361,8 @@ impl Timeline {
         conversation_id: &str,
         client_msg_id: &str,
     ) -> TimelineResult<Option<MessageRow>> {
-        let ttl = self.limits.idempotency_ttl.as_millis() as i64;
-        let Some(record) = self
-            .store
-            .get_idempotency(&caller.user_id, client_msg_id, self.clock.now_ms(), ttl)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if record.conversation_id != conversation_id {
-            return Err(invalid(format!(
-                "client_msg_id {client_msg_id:?} was already used for conversation {}",
-                record.conversation_id
-            )));
-        }
-        // Through the send pipeline's replay: it completes a delivery a crash interrupted.
+        // The send pipeline's replay: it checks the record's conversation and completes a
+        // delivery a crash interrupted.
         let req = SendMessage {
             conversation_id: conversation_id.to_owned(),
             client_msg_id: client_msg_id.to_owned(),
