@@ -615,12 +615,13 @@ impl Store for EmbeddedStore {
     async fn last_count(&self, conversation_id: &str) -> StoreResult<u64> {
         let prefix = key(&[conversation_id], &[]);
         self.read(move |t| {
-            // Every row but a hole carries the count at it; holes are rare and never many in a
-            // row (each is a send that stopped between allocation and write).
+            // Every row but a hole of unknown count carries the count through it; holes are
+            // rare and never many in a row (each is a send that stopped between allocation and
+            // write).
             for guard in t.messages.prefix(prefix).rev() {
                 let (_, v) = guard.into_inner().map_err(fj)?;
                 let m: MessageRow = decode(&v)?;
-                if m.kind != MessageKind::Hole {
+                if m.kind != MessageKind::Hole || m.count_seq > 0 {
                     return Ok(m.count_seq);
                 }
             }

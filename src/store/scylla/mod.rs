@@ -498,7 +498,12 @@ impl Store for ScyllaStore {
                     self.st.insert_message.clone(),
                     Box::new(message_binds(hole, bucket_size)?),
                 ),
-                self.raise_conv_seq_part(&hole.conversation_id, hole.conv_seq)?,
+                // A hole that knows the count through it raises the count too (re-seeds read it).
+                if hole.count_seq > 0 {
+                    self.raise_conv_seq_and_count_part(hole)?
+                } else {
+                    self.raise_conv_seq_part(&hole.conversation_id, hole.conv_seq)?
+                },
             ],
         )
         .await?;
